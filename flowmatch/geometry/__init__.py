@@ -1,0 +1,8 @@
+"""Geometries: the spaces flows live on (points, tangent vectors, metrics, base distributions)."""
+
+from flowmatch.geometry.base import Geometry
+from flowmatch.geometry.euclidean import Euclidean
+from flowmatch.geometry.geoopt_adapter import GeooptGeometry, as_geometry
+from flowmatch.geometry.product import Product
+
+__all__ = ["Geometry", "Euclidean", "GeooptGeometry", "Product", "as_geometry"]

@@ -1,0 +1,159 @@
+"""The Geometry abstraction: the space a flow lives on.
+
+The vocabulary follows geoopt: ``expmap``, ``logmap``, ``projx``, ``proju``, ``inner``, ``norm``,
+``dist``; flow matching adds a base distribution (``sample_base``, ``base_log_prob``) and
+``check_point``. Points have shape ``[..., *point_shape]``; tangent vectors at a point have the
+same shape as the point (the embedding's coordinates), so ``proju`` maps an ambient vector onto
+the tangent space.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from flowmatch._validation import check_finite, validation_enabled
+
+
+def _as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
+    return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
+class Geometry:
+    """Abstract base class of every space a flow can live on.
+
+    Subclasses set ``point_shape`` (the trailing event shape of one point, e.g. ``(3,)`` for the
+    sphere S² in R³ or ``(3, 3)`` for SO(3)) and ``dim`` (the manifold dimension, which the
+    likelihood and the divergence use), and implement the maps below.
+    """
+
+    point_shape: tuple[int, ...] = ()
+    dim: int = 0
+    is_discrete: bool = False
+    """True for token spaces (no exponential map; a product solver jumps instead of flowing)."""
+    atol: float = 1e-5
+    """Tolerance of ``check_point`` in float32; ``check_point`` uses 1e3 × ε in other dtypes."""
+
+    # -- maps --------------------------------------------------------------------------
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
+        """Follow the geodesic from point ``x`` with initial velocity ``u`` for unit time."""
+        raise NotImplementedError(f"{type(self).__name__} does not define expmap")
+
+    def logmap(self, x: Tensor, y: Tensor) -> Tensor:
+        """Tangent vector at ``x`` whose exponential map reaches ``y`` (inverse of expmap)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define logmap")
+
+    def projx(self, x: Tensor) -> Tensor:
+        """Nearest point of the manifold to an ambient ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define projx")
+
+    def proju(self, x: Tensor, u: Tensor) -> Tensor:
+        """Project an ambient vector ``u`` onto the tangent space at ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define proju")
+
+    def inner(self, x: Tensor, u: Tensor, v: Tensor | None = None) -> Tensor:
+        """Riemannian inner product <u, v>_x summed over the point dimensions: shape [...]."""
+        raise NotImplementedError(f"{type(self).__name__} does not define inner")
+
+    def norm(self, x: Tensor, u: Tensor) -> Tensor:
+        """Riemannian norm |u|_x, shape [...]."""
+        return self.inner(x, u, u).clamp_min(0).sqrt()
+
+    def dist(self, x: Tensor, y: Tensor) -> Tensor:
+        """Geodesic distance, shape [...]."""
+        return self.norm(x, self.logmap(x, y))
+
+    def metric_logdet(self, x: Tensor) -> Tensor:
+        """log det of the metric in the coordinates the divergence is taken in, shape [...].
+
+        Zero when the metric is the one induced by the ambient coordinates (Euclidean, sphere,
+        flat torus); the likelihood adds ½ (log det G(x1) − log det G(x0)) otherwise.
+        """
+        return torch.zeros(x.shape[: x.dim() - len(self.point_shape)], dtype=x.dtype,
+                           device=x.device)
+
+    # -- base distribution -------------------------------------------------------------
+    def sample_base(
+        self,
+        shape: int | Sequence[int],
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Draw points of the base (noise) distribution; returns ``[*shape, *point_shape]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not define a base distribution")
+
+    def base_log_prob(self, x: Tensor) -> Tensor:
+        """Log density of the base distribution w.r.t. the Riemannian volume, shape [...]."""
+        raise NotImplementedError(f"{type(self).__name__} does not define a base distribution")
+
+    # -- validation --------------------------------------------------------------------
+    def tolerance(self, dtype: torch.dtype) -> float:
+        if dtype in (torch.float16, torch.bfloat16):
+            return max(self.atol, 1e-2)
+        if dtype == torch.float64:
+            return max(1e3 * torch.finfo(dtype).eps, 1e-10)
+        return self.atol
+
+    def point_error(self, x: Tensor) -> Tensor:
+        """How far each ambient ``x`` lies from the manifold (0 on it), shape [...]."""
+        return (x - self.projx(x)).flatten(x.dim() - len(self.point_shape)).abs().amax(-1) \
+            if self.point_shape else (x - self.projx(x)).abs()
+
+    def check_shape(self, name: str, x: Tensor) -> None:
+        k = len(self.point_shape)
+        if x.dim() < k or tuple(x.shape[x.dim() - k:]) != self.point_shape:
+            raise ValueError(
+                f"{name} must have trailing shape {self.point_shape} for {self}, "
+                f"got shape {tuple(x.shape)}"
+            )
+
+    def check_point(self, x: Tensor, name: str = "x") -> None:
+        """Raise ``ValueError`` if ``x`` has the wrong shape, is not finite, or is off the manifold."""
+        self.check_shape(name, x)
+        check_finite(name, x)
+        tol = self.tolerance(x.dtype)
+        err = self.point_error(x)
+        if err.numel() and float(err.max()) > tol:
+            raise ValueError(
+                f"{name} must lie on {self}: deviation ≤ {tol:g}, but the largest deviation is "
+                f"{float(err.max()):.2e}"
+            )
+
+    def check_tangent(self, x: Tensor, u: Tensor, name: str = "u") -> None:
+        """Raise if ``u`` is not a tangent vector at ``x`` (ambient projection differs)."""
+        self.check_shape(name, u)
+        check_finite(name, u)
+        dev = (u - self.proju(x, u)).abs()
+        scale = 1.0 + float(u.abs().max()) if u.numel() else 1.0
+        tol = self.tolerance(u.dtype) * scale
+        if dev.numel() and float(dev.max()) > tol:
+            raise ValueError(
+                f"{name} must be tangent to {self} at x: deviation ≤ {tol:g}, but the largest "
+                f"deviation is {float(dev.max()):.2e}"
+            )
+
+    def validate(self, x: Tensor, name: str = "x") -> None:
+        """``check_point`` unless validation is switched off."""
+        if validation_enabled():
+            self.check_point(x, name)
+
+    # -- helpers -----------------------------------------------------------------------
+    def random_tangent(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """A standard normal ambient vector projected onto the tangent space at ``x``."""
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return self.proju(x, z)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def gaussian_log_prob(x: Tensor, event_dims: int, scale: float = 1.0) -> Tensor:
+    """log N(x; 0, scale² I) summed over the trailing ``event_dims`` dimensions."""
+    d = math.prod(x.shape[x.dim() - event_dims:]) if event_dims else 1
+    sq = x.pow(2).flatten(x.dim() - event_dims).sum(-1) if event_dims else x.pow(2)
+    return -0.5 * sq / scale**2 - d * (math.log(scale) + 0.5 * math.log(2 * math.pi))
