@@ -113,7 +113,7 @@ class Geometry:
             )
 
     def check_point(self, x: Tensor, name: str = "x") -> None:
-        """Raise ``ValueError`` if ``x`` has the wrong shape, is not finite, or is off the manifold."""
+        """Raise ``ValueError`` if ``x`` has a wrong shape, is not finite or is off the manifold."""
         self.check_shape(name, x)
         check_finite(name, x)
         tol = self.tolerance(x.dtype)

@@ -12,7 +12,7 @@ from flowmatch.geometry.base import Geometry, _as_shape, gaussian_log_prob
 
 
 class Euclidean(Geometry):
-    """Flat space of points with shape ``point_shape`` (e.g. ``Euclidean(2)`` or ``Euclidean((3, 8, 8))``).
+    """Flat space of points of shape ``point_shape`` (``Euclidean(2)``, ``Euclidean((3, 8, 8))``).
 
     Points and tangent vectors are arbitrary finite tensors of that trailing shape; every map is
     the flat one (expmap(x, u) = x + u). The base distribution is N(0, base_scale² I).
