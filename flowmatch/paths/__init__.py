@@ -2,6 +2,7 @@
 
 from flowmatch.paths.affine import AffinePath, CondOTPath
 from flowmatch.paths.base import PathSample, ProbPath
+from flowmatch.paths.schedule_transform import ScheduleTransformedField
 from flowmatch.paths.schedulers import (
     CondOTScheduler,
     ConvexScheduler,
@@ -14,7 +15,8 @@ from flowmatch.paths.schedulers import (
 )
 
 __all__ = [
-    "AffinePath", "CondOTPath", "PathSample", "ProbPath", "Scheduler", "SchedulerOutput",
+    "AffinePath", "CondOTPath", "PathSample", "ProbPath", "ScheduleTransformedField",
+    "Scheduler", "SchedulerOutput",
     "ConvexScheduler", "CondOTScheduler", "PolynomialScheduler", "CosineScheduler",
     "LinearVPScheduler", "VPScheduler",
 ]
