@@ -2,6 +2,8 @@
 
 from flowmatch.paths.affine import AffinePath, CondOTPath
 from flowmatch.paths.base import PathSample, ProbPath
+from flowmatch.paths.coupling import OTCoupling, independent_coupling
+from flowmatch.paths.product import ProductPath
 from flowmatch.paths.schedule_transform import ScheduleTransformedField
 from flowmatch.paths.schedulers import (
     CondOTScheduler,
@@ -16,7 +18,9 @@ from flowmatch.paths.schedulers import (
 
 __all__ = [
     "AffinePath", "CondOTPath", "PathSample", "ProbPath", "ScheduleTransformedField",
+    "ProductPath",
     "Scheduler", "SchedulerOutput",
     "ConvexScheduler", "CondOTScheduler", "PolynomialScheduler", "CosineScheduler",
     "LinearVPScheduler", "VPScheduler",
 ]
+__all__ += ["OTCoupling", "independent_coupling"]
