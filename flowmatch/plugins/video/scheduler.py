@@ -1,0 +1,280 @@
+"""A diffusers-compatible flow-matching scheduler (Euler, Heun, midpoint), usable in pipelines.
+
+It follows the contract of diffusers' ``FlowMatchEulerDiscreteScheduler`` that video pipelines
+(Wan, LTX-Video, HunyuanVideo, …) rely on — ``set_timesteps`` / ``timesteps`` / ``sigmas`` /
+``step`` / ``scale_noise`` / ``order`` / ``set_begin_index`` / ``config`` — in diffusers'
+convention: σ = 1 is noise, the model output is v = ε − x_data, ``timestep = 1000·σ``.
+diffusers itself is not needed to use it.
+
+Differences from diffusers 0.42, on purpose:
+
+* ``set_timesteps(N)`` spaces N noise levels linearly between 1 and ``sigma_min`` (1/1000) and
+  shifts them **once**; diffusers shifts twice (shift 3, 28 steps: last σ 0.002994 here,
+  0.00893 there). Passing ``sigmas`` behaves as in diffusers (they are shifted once), which is
+  how step-by-step parity is tested.
+* ``method="heun"`` or ``"midpoint"`` gives a second-order step (``order = 2``): the pipeline
+  loop calls the model twice per step, the way diffusers' Heun scheduler works — ``timesteps``
+  lists every evaluation (2N of them) and ``sigmas[i]`` is the σ of evaluation i.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from flowmatch.plugins.video.timesteps import flow_sigmas, shift_sigma, stretch_to_terminal
+
+__all__ = ["FlowMatchScheduler", "FlowMatchSchedulerOutput", "SchedulerConfig"]
+
+Method = Literal["euler", "heun", "midpoint"]
+
+
+class SchedulerConfig(dict):
+    """A dict whose keys are also attributes (what pipelines read as ``scheduler.config.x``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass
+class FlowMatchSchedulerOutput:
+    """``prev_sample``: the state after the step (or after a Heun/midpoint stage)."""
+
+    prev_sample: Tensor
+
+    def __getitem__(self, i: int) -> Tensor:
+        return (self.prev_sample,)[i]
+
+
+class FlowMatchScheduler:
+    """Fixed-grid flow-matching sampler with the diffusers scheduler interface.
+
+    Args:
+        num_train_timesteps: the model's ``timestep`` is this times σ.
+        shift: static shift σ' = sσ/(1 + (s − 1)σ) (s > 0).
+        use_dynamic_shifting: shift with s = e^μ where ``set_timesteps`` receives μ (as
+            diffusers; μ is ignored otherwise, also as diffusers). ``base_shift``,
+            ``max_shift``, ``base_image_seq_len``, ``max_image_seq_len`` are stored for
+            pipelines that compute μ from the token count.
+        shift_terminal: stretch the schedule so its last σ is this value (LTX).
+        sigma_min: smallest nonzero σ of the default linear grid.
+        method: "euler" (order 1), "heun" or "midpoint" (order 2, two model calls per step).
+        stochastic_sampling: Euler only; replace the step by x̂_data re-noised to σ_next with fresh
+            noise (diffusers' option; a different sampler, not an ODE solver).
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: float = 0.5,
+        max_shift: float = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+        shift_terminal: float | None = None,
+        sigma_min: float = 1.0 / 1000,
+        method: Method = "euler",
+        stochastic_sampling: bool = False,
+    ) -> None:
+        if method not in ("euler", "heun", "midpoint"):
+            raise ValueError(f"method must be 'euler', 'heun' or 'midpoint', got {method!r}")
+        if not (math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a finite number > 0 (1 = no shift), got {shift}")
+        if num_train_timesteps <= 0:
+            raise ValueError(f"num_train_timesteps must be positive, got {num_train_timesteps}")
+        if shift_terminal is not None and not 0 < shift_terminal < 1:
+            raise ValueError(f"shift_terminal must lie in (0, 1), got {shift_terminal}")
+        if stochastic_sampling and method != "euler":
+            raise ValueError("stochastic_sampling is defined for method='euler' only")
+        self.config = SchedulerConfig(
+            num_train_timesteps=int(num_train_timesteps), shift=float(shift),
+            use_dynamic_shifting=bool(use_dynamic_shifting), base_shift=base_shift,
+            max_shift=max_shift, base_image_seq_len=base_image_seq_len,
+            max_image_seq_len=max_image_seq_len, shift_terminal=shift_terminal,
+            sigma_min=sigma_min, method=method, stochastic_sampling=bool(stochastic_sampling),
+            invert_sigmas=False,
+        )
+        self.order = 1 if method == "euler" else 2
+        self.init_noise_sigma = 1.0
+        self._shift = float(shift)
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.empty(0)
+        self.sigmas = torch.empty(0)
+        self.step_sigmas = torch.empty(0)
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._stage: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # -- bookkeeping that pipelines use ---------------------------------------------------
+    @property
+    def shift(self) -> float:
+        return self._shift
+
+    def set_shift(self, shift: float) -> None:
+        if not (math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a finite number > 0, got {shift}")
+        self._shift = float(shift)
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = int(begin_index)
+
+    def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
+        """Flow models take the state unscaled (kept for pipelines that call it)."""
+        return sample
+
+    # -- schedule --------------------------------------------------------------------------
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        sigmas: list[float] | Tensor | None = None,
+        mu: float | None = None,
+        timesteps: list[float] | Tensor | None = None,
+    ) -> None:
+        """Build the σ grid of ``num_inference_steps`` steps (shifted once) and its timesteps.
+
+        ``sigmas`` (decreasing, without the final 0) replaces the default linear grid and is
+        then shifted, as in diffusers; ``timesteps`` alone means sigmas = timesteps / N_train.
+        """
+        cfg = self.config
+        if cfg.use_dynamic_shifting and mu is None:
+            raise ValueError("mu must be passed when use_dynamic_shifting is True")
+        shift = math.exp(mu) if cfg.use_dynamic_shifting else self._shift
+        if sigmas is None and timesteps is not None:
+            sigmas = torch.as_tensor(timesteps, dtype=torch.float64) / cfg.num_train_timesteps
+        if sigmas is not None:
+            # float32 like diffusers, so the same grid gives the same steps bit for bit
+            sig = torch.as_tensor(sigmas, dtype=torch.float32).flatten()
+            if num_inference_steps is not None and sig.numel() != num_inference_steps:
+                raise ValueError(f"sigmas has {sig.numel()} values but num_inference_steps is "
+                                 f"{num_inference_steps}")
+            if sig.numel() < 1 or bool(((sig < 0) | (sig > 1)).any()):
+                raise ValueError("sigmas must be a non-empty list of noise levels in [0, 1]")
+            if bool((sig[1:] >= sig[:-1]).any()):
+                raise ValueError("sigmas must be strictly decreasing (σ = 1 is noise)")
+            sig = shift_sigma(sig, shift)
+            if cfg.shift_terminal:
+                sig = stretch_to_terminal(sig, cfg.shift_terminal)
+            sig = torch.cat([sig, sig.new_zeros(1)])
+        else:
+            if num_inference_steps is None:
+                raise ValueError("give num_inference_steps, sigmas or timesteps")
+            sig = flow_sigmas(num_inference_steps, shift=shift, sigma_min=cfg.sigma_min,
+                              terminal=cfg.shift_terminal)
+        steps = sig.to(torch.float32)
+        n = steps.numel() - 1
+        self.num_inference_steps = n
+        self.step_sigmas = steps.to(device)
+        if self.config.method == "euler":
+            evals = steps[:-1]
+        elif self.config.method == "heun":
+            evals = torch.stack([steps[:-1], steps[1:]], dim=1).flatten()
+        else:
+            evals = torch.stack([steps[:-1], 0.5 * (steps[:-1] + steps[1:])], dim=1).flatten()
+        self.sigmas = torch.cat([evals, evals.new_zeros(1)]).to(device)
+        self.timesteps = (evals * cfg.num_train_timesteps).to(device)
+        self._step_index = None
+        self._begin_index = None
+        self._stage = {}
+
+    def _init_step_index(self, timestep: Tensor | float) -> None:
+        if self._begin_index is not None:
+            self._step_index = self._begin_index
+            return
+        ts = self.timesteps
+        value = torch.as_tensor(timestep, dtype=ts.dtype, device=ts.device).flatten()[0]
+        hits = (ts == value).nonzero().flatten().tolist()
+        starts = [i for i in hits if i % self.order == 0]  # a step starts at a first stage
+        if not starts:
+            raise ValueError(f"timestep {float(value)} is not the start of a step of this "
+                             f"schedule (timesteps {ts.tolist()})")
+        self._step_index = starts[0]
+
+    # -- sampling --------------------------------------------------------------------------
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: float | Tensor,
+        sample: Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> FlowMatchSchedulerOutput | tuple[Tensor]:
+        """Advance ``sample`` by one model evaluation's worth of the current step.
+
+        Euler: x ← x + (σ_next − σ)·v. Heun: stage 1 returns the Euler predictor at σ_next,
+        stage 2 returns x + (σ_next − σ)·(v₁ + v₂)/2. Midpoint: stage 1 returns the state at
+        (σ + σ_next)/2, stage 2 returns x + (σ_next − σ)·v_mid.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps before step")
+        if isinstance(timestep, int) or (torch.is_tensor(timestep)
+                                         and not timestep.is_floating_point()):
+            raise ValueError("timestep must be one of scheduler.timesteps (a float), not an "
+                             "integer index")
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        i = self._step_index
+        if i >= self.timesteps.numel():
+            raise ValueError(f"step called {i + 1} times but the schedule has "
+                             f"{self.timesteps.numel()} model evaluations")
+        k = i // self.order
+        sig = self.step_sigmas.to(sample.device)
+        s0, s1 = sig[k], sig[k + 1]
+        x = sample.to(torch.float32)
+        v = model_output.to(torch.float32)
+        method = self.config.method
+        if method == "euler":
+            if self.config.stochastic_sampling:
+                x_data = x - s0 * v
+                noise = torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                                    device=x.device)
+                prev = (1 - s1) * x_data + s1 * noise
+            else:
+                prev = x + (s1 - s0) * v
+        elif i % 2 == 0:  # first stage of a second-order step
+            self._stage = {"x": x, "v": v}
+            h = s1 - s0 if method == "heun" else 0.5 * (s1 - s0)
+            prev = x + h * v
+        else:
+            x0, v0 = self._stage.pop("x"), self._stage.pop("v")
+            prev = x0 + (s1 - s0) * (0.5 * (v0 + v) if method == "heun" else v)
+        self._step_index = i + 1
+        prev = prev.to(model_output.dtype)
+        if not return_dict:
+            return (prev,)
+        return FlowMatchSchedulerOutput(prev_sample=prev)
+
+    def scale_noise(self, sample: Tensor, timestep: float | Tensor, noise: Tensor) -> Tensor:
+        """Forward process at σ = timestep / N_train: σ·noise + (1 − σ)·sample (per batch)."""
+        ts = torch.as_tensor(timestep, dtype=sample.dtype, device=sample.device)
+        sigma = ts / self.config.num_train_timesteps
+        if sigma.dim() == 1:
+            sigma = sigma.reshape(-1, *([1] * (sample.dim() - 1)))
+        if bool(((sigma < 0) | (sigma > 1)).any()):
+            raise ValueError(f"timestep must lie in [0, {self.config.num_train_timesteps}], got "
+                             f"{ts.tolist()}")
+        return sigma * noise + (1 - sigma) * sample
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"FlowMatchScheduler(method={c.method!r}, shift={self._shift:g}, "
+                f"dynamic={c.use_dynamic_shifting}, shift_terminal={c.shift_terminal})")
