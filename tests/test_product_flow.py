@@ -29,7 +29,8 @@ K = 3
 
 def make_space():
     geometry = Product(pos=Euclidean(2), label=Discrete(K, source="mask"))
-    path = ProductPath(pos=AffinePath(CondOTScheduler()), label=MixtureDiscretePath(CondOTScheduler()))
+    path = ProductPath(pos=AffinePath(CondOTScheduler()),
+                       label=MixtureDiscretePath(CondOTScheduler()))
     return geometry, path
 
 
@@ -78,7 +79,8 @@ def test_product_path_samples_each_factor():
     x1 = {"pos": torch.randn(8, 2), "label": torch.randint(0, K, (8,))}
     t = torch.rand(8)
     samples = path.sample(x0, x1, t)
-    torch.testing.assert_close(samples["pos"].x_t, t[:, None] * x1["pos"] + (1 - t[:, None]) * x0["pos"])
+    expected = t[:, None] * x1["pos"] + (1 - t[:, None]) * x0["pos"]
+    torch.testing.assert_close(samples["pos"].x_t, expected)
     lab = samples["label"].x_t
     assert bool(((lab == x1["label"]) | (lab == K)).all())
     assert samples["label"].dx_t is None
