@@ -1,0 +1,15 @@
+"""Velocity fields: networks and the wrappers that adapt them (guidance, projection, conversion).
+
+A velocity field is any ``torch.nn.Module`` (or callable) called as ``field(x, t, **cond)`` with x
+of shape [B, ...] and t of shape [B]; it returns a tangent vector shaped like x.
+"""
+
+from flowmatch.models.embedding import SinusoidalTimeEmbedding
+from flowmatch.models.guidance import ClassifierFreeGuidance, drop_condition
+from flowmatch.models.mlp import MLP
+from flowmatch.models.wrappers import PredictionConverter, TangentProjected
+
+__all__ = [
+    "MLP", "SinusoidalTimeEmbedding", "ClassifierFreeGuidance", "drop_condition",
+    "PredictionConverter", "TangentProjected",
+]
