@@ -13,3 +13,11 @@ __all__ = [
     "MLP", "SinusoidalTimeEmbedding", "ClassifierFreeGuidance", "drop_condition",
     "PredictionConverter", "TangentProjected",
 ]
+from flowmatch.models.discrete import (  # noqa: E402
+    DiscreteGuidance,
+    DiscreteMLP,
+    DiscreteTransformer,
+    ExactPosterior,
+)
+
+__all__ += ["DiscreteMLP", "DiscreteTransformer", "DiscreteGuidance", "ExactPosterior"]

@@ -24,3 +24,7 @@ __all__ = [
     "LinearVPScheduler", "VPScheduler",
 ]
 __all__ += ["OTCoupling", "independent_coupling"]
+from flowmatch.paths.mixture import MixtureDiscretePath  # noqa: E402
+from flowmatch.paths.schedulers import CosineConvexScheduler  # noqa: E402
+
+__all__ += ["MixtureDiscretePath", "CosineConvexScheduler"]

@@ -98,6 +98,23 @@ class PolynomialScheduler(ConvexScheduler):
         return f"PolynomialScheduler(n={self.n:g})"
 
 
+class CosineConvexScheduler(ConvexScheduler):
+    """κ_t = sin²(πt/2) = (1 − cos πt)/2: slow at both ends (a convex cosine schedule).
+
+    Unlike :class:`CosineScheduler` (α² + σ² = 1), this one is convex (α + σ = 1), so it drives
+    mixture (discrete) and geodesic paths.
+    """
+
+    def kappa(self, t):
+        return torch.sin(0.5 * math.pi * t).pow(2)
+
+    def d_kappa(self, t):
+        return 0.5 * math.pi * torch.sin(math.pi * t)
+
+    def kappa_inverse(self, kappa):
+        return torch.asin(kappa.clamp(0, 1).sqrt()) * (2 / math.pi)
+
+
 class CosineScheduler(Scheduler):
     """α_t = sin(πt/2), σ_t = cos(πt/2) (variance preserving: α² + σ² = 1)."""
 
