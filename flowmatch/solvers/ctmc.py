@@ -1,0 +1,272 @@
+"""Sampling discrete flows: τ-leaping steps of the factorised CTMC of a mixture path.
+
+One step from t to t + h (a shared time for the whole batch) holds the network's posterior
+p_{1|t}(· | x_t) fixed over the step, draws x̂₁ⁱ ~ p_{1|t}ⁱ for every token, and then lets each
+token jump independently:
+
+* **forward jump** to x̂₁ⁱ. Given x̂₁ the forward rate κ̇_s/(1 − κ_s) integrates in closed form,
+  ∫_t^{t+h} κ̇_s/(1 − κ_s) ds = log[(1 − κ_t)/(1 − κ_{t+h})], so the jump probability is exactly
+  1 − exp(−Λ) = (κ_{t+h} − κ_t)/(1 − κ_t). It reaches 1 on a step that ends at t = 1: every
+  masked token is unmasked by then, whatever the grid, and the sampler never evaluates the
+  singular rate at t = 1.
+* **source jump** (only with ``eta``/``corrector``; see :mod:`flowmatch.paths.mixture`) to a
+  fresh draw of p₀ (the mask token for the mask source) at rate b_t, together with the
+  compensating extra forward rate b_t κ_t/(1 − κ_t); both are frozen at the left end of the step
+  (first order). The two exponential clocks race: at most one jump per token and step.
+
+A jump to the token a token already holds changes nothing, so no per-token rate tensor is ever
+built: a step costs one softmax, one cumulative sum, one binary search and a few element-wise
+ops on top of the network (``torch.multinomial`` is ≈ 10–20× slower here; see
+``../shared/notes/machine-gotchas.md`` and ``benchmarks/discrete_2d.py``).
+
+:func:`ctmc_step` is the pure step, for product solvers that advance several factors on one time
+grid; :class:`DiscreteSolver` runs it over a grid with a network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from flowmatch._validation import validation_enabled
+from flowmatch.geometry.discrete import Discrete
+from flowmatch.paths.mixture import Corrector, MixtureDiscretePath, _kappa, source_jump_rate
+from flowmatch.paths.schedulers import ConvexScheduler
+
+
+def filter_logits(
+    logits: Tensor,
+    *,
+    temperature: float | Tensor = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Tensor:
+    """Temperature, top-k and nucleus (top-p) filtering of logits [..., K].
+
+    ``temperature`` is a positive float or a tensor broadcastable to ``logits.shape[:-1]`` (one
+    temperature per token). Tokens outside the top-k, or outside the smallest set whose
+    probability reaches ``top_p``, get logit −inf (the most likely token is always kept). These
+    are heuristics: they change the sampled distribution on purpose.
+    """
+    if torch.is_tensor(temperature):
+        if validation_enabled() and bool((temperature <= 0).any()):
+            raise ValueError("temperature must be positive everywhere, got minimum "
+                             f"{float(temperature.min())}")
+        logits = logits / temperature.to(logits.dtype).unsqueeze(-1)
+    elif temperature != 1.0:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        logits = logits / temperature
+    K = logits.shape[-1]
+    if top_k is not None:
+        if not (isinstance(top_k, int) and 1 <= top_k):
+            raise ValueError(f"top_k must be an integer ≥ 1, got {top_k!r}")
+        if top_k < K:
+            kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+        if top_p < 1:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+            probs = torch.softmax(sorted_logits, dim=-1)
+            # drop a token when the tokens ranked above it already reach top_p
+            drop = (probs.cumsum(-1) - probs) >= top_p
+            drop[..., 0] = False
+            logits = logits.masked_fill(
+                torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def sample_categorical(logits: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """One draw per row of ``softmax(logits)`` [..., K] → int64 [...] (cumsum + searchsorted)."""
+    probs = torch.softmax(logits, dim=-1)
+    cdf = probs.cumsum(-1)
+    flat = cdf.reshape(-1, cdf.shape[-1])
+    u = torch.rand(flat.shape[0], 1, generator=generator, device=flat.device, dtype=flat.dtype)
+    # right=True skips zero-probability tokens (filtered ones) even when u·total hits a tie
+    idx = torch.searchsorted(flat, u * flat[:, -1:], right=True)
+    return idx.clamp_max(flat.shape[-1] - 1).reshape(cdf.shape[:-1])
+
+
+def jump_probabilities(scheduler: ConvexScheduler, t: float, h: float, b: float
+                       ) -> tuple[float, float]:
+    """(P(forward jump), P(source jump)) of one token over [t, t + h] with source rate ``b``.
+
+    Forward: Λ_a = log[(1 − κ_t)/(1 − κ_{t+h})] + b κ_t/(1 − κ_t) h; source: Λ_b = b h. The first
+    of the two clocks wins: P(event) = 1 − e^{−Λ_a − Λ_b}, split in proportion Λ_a : Λ_b.
+    """
+    k0, _ = _kappa(scheduler, t)
+    k1, _ = _kappa(scheduler, min(t + h, 1.0))
+    if k0 >= 1.0:
+        raise ValueError(f"cannot step from t={t}: κ_t = 1 there (the path has reached the data)")
+    stay_fwd = (1.0 - k1) / (1.0 - k0)  # exp(−∫ κ̇/(1 − κ)), exact
+    if b == 0.0:
+        return 1.0 - stay_fwd, 0.0
+    if stay_fwd == 0.0:
+        return 1.0, 0.0  # the step ends at κ = 1: the forward clock rings surely
+    lam_a = -math.log(stay_fwd) + b * k0 / (1.0 - k0) * h
+    lam_b = b * h
+    p_event = -math.expm1(-lam_a - lam_b)
+    return p_event * lam_a / (lam_a + lam_b), p_event * lam_b / (lam_a + lam_b)
+
+
+def ctmc_step(
+    x_t: Tensor,
+    logits: Tensor,
+    t: float,
+    h: float,
+    scheduler: ConvexScheduler,
+    space: Discrete,
+    *,
+    eta: float = 0.0,
+    corrector: Corrector | None = None,
+    temperature: float | Tensor = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    keep_unmasked: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Advance tokens ``x_t`` (int64, any shape) from time t to t + h; returns x_{t+h}.
+
+    ``logits``: the network's posterior logits [*x_t.shape, K] at (x_t, t). ``t`` and ``h`` are
+    floats (one time for all tokens; h > 0, t + h ≤ 1). ``eta`` / ``corrector`` add the
+    marginal-preserving source jumps of :mod:`flowmatch.paths.mixture`. ``temperature``,
+    ``top_k`` and ``top_p`` filter the posterior before x̂₁ is drawn (see :func:`filter_logits`).
+    For the mask source with ``keep_unmasked``, unmasked tokens keep their value (their exact
+    posterior) unless a source jump re-masks them.
+    """
+    t, h = float(t), float(h)
+    if validation_enabled():
+        if not (0.0 <= t < 1.0 and h > 0.0 and t + h <= 1.0 + 1e-6):
+            raise ValueError(f"need 0 ≤ t < 1, h > 0 and t + h ≤ 1, got t={t}, h={h}")
+        space.check_point(x_t, "x_t")
+        space.check_logits(logits, x_t)
+    return _step(x_t, logits, t, h, scheduler, space, eta=eta, corrector=corrector,
+                 temperature=temperature, top_k=top_k, top_p=top_p,
+                 keep_unmasked=keep_unmasked, generator=generator)
+
+
+def _step(x_t, logits, t, h, scheduler, space, *, eta, corrector, temperature, top_k, top_p,
+          keep_unmasked, generator):
+    k0, dk0 = _kappa(scheduler, t)
+    b = source_jump_rate(k0, dk0, t, eta=eta, corrector=corrector)
+    p_fwd, p_src = jump_probabilities(scheduler, t, h, b)
+    logits = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    x1_hat = sample_categorical(logits, generator=generator)
+    if keep_unmasked and space.source == "mask":
+        x1_hat = torch.where(x_t == space.mask_token, x1_hat, x_t)
+    u = torch.rand(x_t.shape, generator=generator, device=x_t.device)
+    x_next = torch.where(u < p_fwd, x1_hat, x_t)
+    if p_src > 0.0:
+        to_source = (u >= p_fwd) & (u < p_fwd + p_src)
+        x_next = torch.where(to_source, _source_draw(space, x_t, generator), x_next)
+    return x_next
+
+
+def _source_draw(space: Discrete, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    if space.source == "mask":
+        return torch.full_like(like, space.vocab_size)
+    return space.sample_base(like.shape, generator=generator, device=like.device).to(like.dtype)
+
+
+class DiscreteSolver:
+    """Sample a discrete flow: run :func:`ctmc_step` over a time grid with a posterior network.
+
+    ``field(x_t, t, **cond)`` takes tokens x_t (int64 [B, ...], mask token included) and times
+    t [B], and returns posterior logits [B, ..., K] over the data vocabulary. ``path`` is the
+    :class:`MixtureDiscretePath` (or its convex scheduler) the network was trained with.
+    ``solver.nfe`` counts the network evaluations of the last call.
+    """
+
+    def __init__(self, field: Callable[..., Tensor], space: Discrete,
+                 path: MixtureDiscretePath | ConvexScheduler) -> None:
+        if not isinstance(space, Discrete):
+            raise TypeError(f"space must be a Discrete geometry, got {type(space).__name__}")
+        self.field = field
+        self.space = space
+        self.scheduler = path.scheduler if isinstance(path, MixtureDiscretePath) else path
+        if not isinstance(self.scheduler, ConvexScheduler):
+            raise TypeError("path must be a MixtureDiscretePath or a ConvexScheduler, got "
+                            f"{type(path).__name__}")
+        self.nfe = 0
+
+    @staticmethod
+    def _grid(time_grid: Sequence[float] | Tensor | None, num_steps: int | None,
+              step_size: float | None) -> tuple[list[float], list[int]]:
+        """The step times, and the indices of the user's grid points among them."""
+        grid = [0.0, 1.0] if time_grid is None else [float(v) for v in torch.as_tensor(
+            time_grid, dtype=torch.float64).reshape(-1)]
+        if len(grid) < 2:
+            raise ValueError(f"time_grid needs at least two times, got {grid}")
+        if any(b <= a for a, b in zip(grid, grid[1:], strict=False)) or grid[0] < 0 or \
+                grid[-1] > 1:
+            raise ValueError(f"time_grid must increase strictly within [0, 1], got {grid}")
+        if num_steps is not None and step_size is not None:
+            raise ValueError("give num_steps or step_size, not both")
+        span = grid[-1] - grid[0]
+        if num_steps is not None:
+            if not (isinstance(num_steps, int) and num_steps >= 1):
+                raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+            step_size = span / num_steps
+        if step_size is not None and not step_size > 0:
+            raise ValueError(f"step_size must be positive, got {step_size}")
+        times, marks = [grid[0]], [0]
+        for a, b in zip(grid, grid[1:], strict=False):
+            # uniform sub-steps inside each interval, so every user grid point is hit exactly
+            n = 1 if step_size is None else max(1, math.ceil((b - a) / step_size - 1e-9))
+            times.extend(a + (b - a) * j / n for j in range(1, n))
+            times.append(b)
+            marks.append(len(times) - 1)
+        return times, marks
+
+    @torch.no_grad()
+    def sample(
+        self,
+        x0: Tensor,
+        *,
+        time_grid: Sequence[float] | Tensor | None = None,
+        num_steps: int | None = None,
+        step_size: float | None = None,
+        eta: float = 0.0,
+        corrector: Corrector | None = None,
+        temperature: float | Tensor = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        keep_unmasked: bool = True,
+        return_intermediates: bool = False,
+        generator: torch.Generator | None = None,
+        **cond,
+    ) -> Tensor:
+        """Run the chain from x0 (tokens at ``time_grid[0]``, default the source at t = 0).
+
+        The grid defaults to [0, 1]; ``num_steps`` (over the whole span) or ``step_size``
+        subdivide each interval of ``time_grid`` uniformly. With ``return_intermediates`` the
+        result is stacked at the ``time_grid`` points, shape [len(time_grid), *x0.shape];
+        otherwise it is x at the last grid time. ``cond`` goes to the network verbatim.
+        """
+        space = self.space
+        space.check_point(x0, "x0")
+        if x0.dim() == 0:
+            raise ValueError("x0 must have a leading batch dimension, got a scalar")
+        times, marks = self._grid(time_grid, num_steps, step_size)
+        x = x0.long()
+        out = [x] if return_intermediates else None
+        batch = x.shape[0]
+        self.nfe = 0
+        validate = validation_enabled()
+        for i in range(len(times) - 1):
+            t, t_next = times[i], times[i + 1]
+            logits = self.field(x, torch.full((batch,), t, device=x.device), **cond)
+            self.nfe += 1
+            if validate:
+                space.check_logits(logits, x, f"the field's logits at t={t:.4g}")
+            x = _step(x, logits, t, t_next - t, self.scheduler, space, eta=eta,
+                          corrector=corrector, temperature=temperature, top_k=top_k,
+                          top_p=top_p, keep_unmasked=keep_unmasked, generator=generator)
+            if out is not None and i + 1 in marks:
+                out.append(x)
+        return torch.stack(out) if out is not None else x
