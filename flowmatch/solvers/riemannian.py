@@ -25,21 +25,22 @@ Likelihood. For a density p_t transported by the flow, d/dt log p_t(x_t) = −di
     log p_1(x_1) = log p_0(x_0) − ∫_0^1 div v(x_t, t) dt,
 
 integrated from t = 1 down to 0 together with x. The divergence of a tangent field on an
-embedded submanifold whose Levi-Civita connection is the projected ambient derivative
-(∇_u v = P(Dv · u): the sphere and SO(3) with the induced metric, the flat torus, Euclidean
-space, and the hyperboloid with the Minkowski projection) is the trace of the linear map
-u ↦ P J u on T_x, where J is the ambient Jacobian of v. Because P is a projection onto T_x,
-that trace equals tr(J P) computed in ambient coordinates, whatever the ambient dimension:
-
-    div v(x) = Σ_i e_iᵀ J (P e_i)            (exact: one vector-Jacobian product per ambient axis)
-             = E_z[zᵀ J (P z)],  z ~ N(0, I)  (Hutchinson: one product per probe).
-
-Both forms are unbiased for oblique projections too (zᵀ J P z, not (Pz)ᵀ J (Pz)).
+embedded submanifold whose Levi-Civita connection is the orthogonally projected ambient
+derivative (∇_u v = P(Dv · u): the sphere and SO(3) with the induced metric, the flat torus,
+Euclidean space) is the trace of the linear map u ↦ P J u on T_x, where J is the ambient
+Jacobian of v; since P is an orthogonal projection onto T_x this is tr(P J P) in ambient
+coordinates, computed by :mod:`flowmatch.solvers.divergence` (exactly, one vector–Jacobian
+product per ambient axis, or with one Gaussian Hutchinson probe per trajectory, projected at
+every point). Only derivatives along T_x enter, so how the network extends the field off the
+manifold does not matter. A geometry whose ``proju`` is an oblique projection (the hyperboloid
+with the Minkowski projection) is refused by ``log_likelihood``: there Σ_i (P e_i)ᵀ J (P e_i)
+is tr(J P Pᵀ), not the divergence.
 
 Metric correction. When the point coordinates are a chart in which the metric is G(x) (not
 the one induced by the coordinates), div_g v = tr(J) + ½ ⟨∇ log det G, v⟩, whose time integral
 along the trajectory is ∫ tr J dt + ½ [log det G(x_1) − log det G(x_0)]. The geometry reports
-log det G through ``metric_logdet`` (zero for induced metrics), and we add that boundary term;
+log det G through ``metric_logdet`` (zero for induced metrics), and we add that boundary term
+to the integrated divergence;
 ``base_log_prob`` is a density with respect to the Riemannian volume throughout.
 """
 
@@ -55,6 +56,7 @@ from torch import Tensor
 
 from flowmatch._validation import check_finite, validation_enabled
 from flowmatch.geometry.base import Geometry
+from flowmatch.solvers.divergence import value_and_divergence
 
 StepMode = Literal["projx", "expmap"]
 
@@ -249,37 +251,31 @@ class RiemannianODESolver:
         return x if project_every_step else g.projx(x)
 
     # -- likelihood ----------------------------------------------------------------------
-    def _divergence_fn(self, cond: dict[str, Any], exact: bool,
-                       generator: torch.Generator | None, create_graph: bool):
-        g = self.geometry
+    def _projection_kind(self, x: Tensor) -> str:
+        """'identity', 'orthogonal' or 'oblique': how ``proju`` acts at a few points of ``x``.
 
+        The divergence needs tr(J P); :func:`~flowmatch.solvers.divergence.divergence_of_output`
+        computes Σ_i (P e_i)ᵀ J (P e_i) = tr(J P Pᵀ), which is tr(J P) only when P is symmetric.
+        An identity projection (flat coordinates) lets it read the Jacobian diagonal instead.
+        """
+        g = self.geometry
+        xs = x[: min(8, x.shape[0])].detach()
+        gen = torch.Generator(device=xs.device).manual_seed(0)
+        a = torch.randn(xs.shape, generator=gen, dtype=xs.dtype, device=xs.device)
+        b = torch.randn(xs.shape, generator=gen, dtype=xs.dtype, device=xs.device)
+        pa, pb = g.proju(xs, a), g.proju(xs, b)
+        tol = 1e3 * torch.finfo(xs.dtype).eps * float(a.abs().max() * b.abs().max() + 1)
+        if float((pa - a).abs().max()) <= tol * 10:
+            return "identity"
+        dims = tuple(range(1, xs.dim()))
+        asym = (pa * b).sum(dims) - (a * pb).sum(dims)
+        return "orthogonal" if float(asym.abs().max()) <= tol * xs[0].numel() else "oblique"
+
+    def _divergence_fn(self, cond: dict[str, Any], exact: bool, probe: Tensor | None,
+                       proju, create_graph: bool):
         def stage(y: Tensor, t: float) -> tuple[Tensor, Tensor]:
-            with torch.enable_grad():
-                if not y.requires_grad:
-                    y = y.detach().requires_grad_(True)
-                v = self._velocity(y, t, cond)
-                batch_dims = tuple(range(1, v.dim()))
-                if exact:
-                    flat = v.reshape(v.shape[0], -1)
-                    d = flat.shape[1]
-                    div = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
-                    for i in range(d):
-                        e = torch.zeros_like(flat)
-                        e[:, i] = 1.0
-                        (row,) = torch.autograd.grad(flat[:, i].sum(), y, create_graph=create_graph,
-                                                     retain_graph=True)
-                        # (e_iᵀ J) · (P e_i): the i-th diagonal entry of J P
-                        pe = g.proju(y, e.reshape(v.shape))
-                        div = div + (row * pe).sum(batch_dims)
-                else:
-                    z = torch.randn(v.shape, generator=generator, dtype=v.dtype,
-                                    device=v.device)
-                    (row,) = torch.autograd.grad(v, y, z, create_graph=create_graph,
-                                                 retain_graph=create_graph)
-                    div = (row * g.proju(y, z)).sum(batch_dims)
-            if not create_graph:
-                v, div = v.detach(), div.detach()
-            return v, div
+            return value_and_divergence(lambda p: self._velocity(p, t, cond), y, exact=exact,
+                                        proju=proju, probe=probe, create_graph=create_graph)
 
         return stage
 
@@ -302,7 +298,8 @@ class RiemannianODESolver:
         Integrates ẋ = v(x, t) and the divergence from ``time_grid[0]`` (default 1) down to
         ``time_grid[-1]`` (default 0); with a decreasing grid from 1 to 0 the result is
         log p0(x0) − ∫_0^1 div v dt (module docstring). ``exact_divergence=False`` uses one
-        Gaussian Hutchinson probe per stage (unbiased; seed it with ``generator``).
+        Gaussian Hutchinson probe per trajectory, held fixed and projected onto the tangent
+        space at every point (unbiased; seed it with ``generator``).
         ``enable_grad`` keeps the graph so the result can be differentiated with respect to the
         field's parameters (and x1).
 
@@ -320,7 +317,19 @@ class RiemannianODESolver:
         counts = _steps_per_interval(grid, num_steps, step_size)
         tableau = _TABLEAUX[method]
         self.nfe = 0
-        stage = self._divergence_fn(cond, exact_divergence, generator, enable_grad)
+        kind = self._projection_kind(x1)
+        if kind == "oblique":
+            raise ValueError(
+                f"log_likelihood needs {g}.proju to be the orthogonal projection of the ambient "
+                "coordinates (tr(P J P) is then the Riemannian divergence); this geometry "
+                "projects obliquely (e.g. the hyperboloid's Minkowski projection), which is "
+                "not supported — use a chart with metric_logdet instead"
+            )
+        proju = None if kind == "identity" else g.proju
+        # one Gaussian probe per trajectory, held fixed (projected afresh at every point)
+        probe = None if exact_divergence else torch.randn(
+            x1.shape, generator=generator, dtype=x1.dtype, device=x1.device)
+        stage = self._divergence_fn(cond, exact_divergence, probe, proju, enable_grad)
 
         x = x1
         # acc = ∫_{t_start}^{t_end} div v dt along the trajectory
