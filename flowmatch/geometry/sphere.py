@@ -1,0 +1,192 @@
+"""The unit sphere S^{n−1} ⊂ Rⁿ with the induced (round) metric.
+
+Numerics are the point of this module. In float32, ``logmap(x, expmap(x, u))`` recovers ``u`` to
+within max(1e-3, 20 ε/|u|) relative error for |u| from 1e-6 to π − 1e-3 (ε ≈ 6e-8; the ε/|u| term
+is the rounding of the point y itself, which no formula can undo), ``dist(x, x)`` is exactly 0,
+and the gradients of ``logmap`` and ``dist`` are finite at coincident and antipodal points.
+The recipe:
+
+* the angle is θ = atan2(|w|, ⟨x, y⟩) with w = (y − x) − ⟨x, y − x⟩ x the component of y
+  orthogonal to x. ``acos(⟨x, y⟩)`` loses half the digits near θ = 0 and returns NaN when
+  rounding pushes ⟨x, y⟩ past 1; forming w from the small difference y − x (exact by Sterbenz's
+  lemma when y is near x) instead of y − ⟨x, y⟩ x avoids cancelling two numbers of size 1;
+* θ/|w| and sin|u|/|u| are evaluated by their Taylor series near 0 and every singular branch is
+  guarded on its *argument*, so no NaN reaches a gradient.
+
+The small helpers at the top are shared with the other Riemannian geometries of this package.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from flowmatch._validation import check_finite
+from flowmatch.geometry.base import Geometry, _as_shape
+
+# Below this argument the even functions are evaluated by their Taylor series. The first omitted
+# term is O(x⁸) relative, < 1e-16 at x = 1e-2, so the switch is invisible even in float64; above
+# it the direct quotients lose ~ε/x² only in their *derivative*, which the maps multiply by |u|.
+SERIES_CUTOFF = 1e-2
+
+
+def safe_norm(u: Tensor, dim: int | tuple[int, ...] = -1, keepdim: bool = False) -> Tensor:
+    """Euclidean norm, exact in value, whose gradient is 0 (not NaN) at u = 0."""
+    sq = u.pow(2).sum(dim=dim, keepdim=keepdim)
+    positive = sq > 0
+    return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(),
+                       torch.zeros_like(sq))
+
+
+def sinc(x: Tensor) -> Tensor:
+    """sin(x)/x (x an angle, unlike ``torch.sinc``), 1 with zero derivative at x = 0."""
+    small = x.abs() < SERIES_CUTOFF
+    xs = torch.where(small, torch.ones_like(x), x)
+    x2 = x * x
+    series = 1 - x2 / 6 * (1 - x2 / 20 * (1 - x2 / 42))
+    return torch.where(small, series, torch.sin(xs) / xs)
+
+
+def sinhc(x: Tensor) -> Tensor:
+    """sinh(x)/x, 1 with zero derivative at x = 0."""
+    small = x.abs() < SERIES_CUTOFF
+    xs = torch.where(small, torch.ones_like(x), x)
+    x2 = x * x
+    series = 1 + x2 / 6 * (1 + x2 / 20 * (1 + x2 / 42))
+    return torch.where(small, series, torch.sinh(xs) / xs)
+
+
+def atan_ratio(n: Tensor, c: Tensor) -> Tensor:
+    """atan2(n, c) / n for n ≥ 0: the factor turning w into θ w/|w|.
+
+    Near n = 0 with c > 0 it is the series of atan(s)/s, s = n/c (limit 1/c). At n = 0 with
+    c ≤ 0 (the cut locus) the ratio is infinite; there it returns atan2(1, c), a finite stand-in
+    that callers must replace (it only keeps NaN out of gradients).
+    """
+    c_pos = torch.where(c > 0, c, torch.ones_like(c))
+    s = n / c_pos
+    small = (c > 0) & (s < SERIES_CUTOFF)
+    s2 = s * s
+    series = (1 - s2 * (1 / 3 - s2 * (1 / 5 - s2 / 7))) / c_pos
+    n_safe = torch.where(small | (n <= 0), torch.ones_like(n), n)
+    return torch.where(small, series, torch.atan2(n_safe, c) / n_safe)
+
+
+def deviation_error(geometry: Geometry, x: Tensor, name: str, rule: str) -> None:
+    """``check_point`` body shared by the geometries: shape, finiteness, then ``rule``."""
+    geometry.check_shape(name, x)
+    check_finite(name, x)
+    tol = geometry.tolerance(x.dtype)
+    err = geometry.point_error(x)
+    if err.numel() and float(err.max()) > tol:
+        worst = int(err.flatten().argmax())
+        raise ValueError(
+            f"{name} must lie on {geometry} ({rule}, tolerance {tol:g}), but the largest "
+            f"deviation is {float(err.max()):.2e} (at flat batch index {worst})"
+        )
+
+
+class Sphere(Geometry):
+    """Unit sphere S^{n−1} = {x ∈ Rⁿ : ‖x‖ = 1}, of dimension n − 1, with the round metric.
+
+    A point is a unit vector of shape ``[..., n]``. A tangent vector at x is a vector u of the
+    same shape with ⟨x, u⟩ = 0; the metric is the one induced by Rⁿ, so ``inner`` is the
+    Euclidean dot product and ``metric_logdet`` is 0 (the divergence of a tangent field is the
+    trace of its projected ambient Jacobian).
+
+    Geodesics are great circles: expmap(x, u) = cos|u| x + sin|u| u/|u|; dist is the angle in
+    [0, π]. The cut locus of x is its antipode −x: there every direction is a shortest geodesic,
+    and ``logmap(x, −x)`` returns the tangent vector of length π pointing towards the coordinate
+    axis eᵢ on which |xᵢ| is smallest (the first such i), i.e. π (eᵢ − xᵢ x)/‖eᵢ − xᵢ x‖. Points
+    within ~32 ε of the antipode (where w is pure rounding noise) take that branch too.
+
+    The base distribution is uniform w.r.t. the Riemannian volume: log p = −log vol(S^{n−1}),
+    vol(S^{n−1}) = 2 π^{n/2} / Γ(n/2) (4π for S² in R³).
+    """
+
+    atol = 1e-5
+
+    def __init__(self, n: int) -> None:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+            raise ValueError(f"n (the ambient dimension of the sphere) must be an int ≥ 2, "
+                             f"got {n!r}")
+        self.n = n
+        self.point_shape = (n,)
+        self.dim = n - 1
+
+    @property
+    def log_volume(self) -> float:
+        """log vol(S^{n−1}) = log 2 + (n/2) log π − log Γ(n/2)."""
+        n = self.n
+        return math.log(2.0) + 0.5 * n * math.log(math.pi) - math.lgamma(0.5 * n)
+
+    # -- maps --------------------------------------------------------------------------
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
+        """cos|u| x + sinc|u| u, renormalised so rounding never walks off the sphere."""
+        n = safe_norm(u, keepdim=True)
+        y = torch.cos(n) * x + sinc(n) * u
+        return y / safe_norm(y, keepdim=True)
+
+    def _orthogonal_part(self, x: Tensor, y: Tensor) -> Tensor:
+        # w = y − (⟨x, y⟩/⟨x, x⟩) x written through d = y − x, which is exact when y ≈ x.
+        d = y - x
+        return d - ((x * d).sum(-1, keepdim=True) / (x * x).sum(-1, keepdim=True)) * x
+
+    def logmap(self, x: Tensor, y: Tensor) -> Tensor:
+        """θ w/|w| with θ = atan2(|w|, ⟨x, y⟩); a fixed direction of length π at the antipode."""
+        w = self._orthogonal_part(x, y)
+        n = safe_norm(w, keepdim=True)
+        c = (x * y).sum(-1, keepdim=True)
+        tiny = 32 * torch.finfo(x.dtype).eps if x.is_floating_point() else 0.0
+        antipodal = (c < 0) & (n <= tiny)
+        ratio = atan_ratio(torch.where(antipodal, torch.ones_like(n), n), c)
+        return torch.where(antipodal, self._antipodal_direction(x), ratio * w)
+
+    def _antipodal_direction(self, x: Tensor) -> Tensor:
+        # e_i − x_i x / ⟨x, x⟩ for the axis with the smallest |x_i|: its norm² is
+        # 1 − x_i² ≥ 1 − 1/n > 0, so the direction is well defined and depends only on x.
+        i = x.abs().argmin(dim=-1, keepdim=True)
+        e = torch.zeros_like(x).scatter_(-1, i, 1.0)
+        v = e - (x.gather(-1, i) / (x * x).sum(-1, keepdim=True)) * x
+        return math.pi * v / safe_norm(v, keepdim=True)
+
+    def projx(self, x: Tensor) -> Tensor:
+        """x/‖x‖. The zero vector has no nearest point and maps to NaN (check_point rejects it)."""
+        return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+    def proju(self, x: Tensor, u: Tensor) -> Tensor:
+        """u − (⟨x, u⟩/⟨x, x⟩) x: an orthogonal projection even for x a hair off the sphere."""
+        return u - ((x * u).sum(-1, keepdim=True) / (x * x).sum(-1, keepdim=True)) * x
+
+    def inner(self, x: Tensor, u: Tensor, v: Tensor | None = None) -> Tensor:
+        return (u * (u if v is None else v)).sum(-1)
+
+    def norm(self, x: Tensor, u: Tensor) -> Tensor:
+        return safe_norm(u)
+
+    def dist(self, x: Tensor, y: Tensor) -> Tensor:
+        """Angle atan2(|w|, ⟨x, y⟩) ∈ [0, π]; exactly 0 at y = x with zero (finite) gradient."""
+        w = self._orthogonal_part(x, y)
+        return torch.atan2(safe_norm(w), (x * y).sum(-1))
+
+    # -- base distribution -------------------------------------------------------------
+    def sample_base(self, shape, *, generator=None, dtype=None, device=None) -> Tensor:
+        """Uniform points: normalised standard Gaussians (rotation invariant, hence uniform)."""
+        z = torch.randn((*_as_shape(shape), self.n), generator=generator, dtype=dtype,
+                        device=device)
+        return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+
+    def base_log_prob(self, x: Tensor) -> Tensor:
+        return torch.full(x.shape[:-1], -self.log_volume, dtype=x.dtype, device=x.device)
+
+    # -- validation --------------------------------------------------------------------
+    def point_error(self, x: Tensor) -> Tensor:
+        return (torch.linalg.vector_norm(x, dim=-1) - 1).abs()
+
+    def check_point(self, x: Tensor, name: str = "x") -> None:
+        deviation_error(self, x, name, "‖x‖ = 1")
+
+    def __repr__(self) -> str:
+        return f"Sphere({self.n})"
