@@ -28,3 +28,7 @@ from flowmatch.paths.mixture import MixtureDiscretePath  # noqa: E402
 from flowmatch.paths.schedulers import CosineConvexScheduler  # noqa: E402
 
 __all__ += ["MixtureDiscretePath", "CosineConvexScheduler"]
+
+from flowmatch.paths.geodesic import GeodesicPath  # noqa: E402
+
+__all__ += ["GeodesicPath"]
