@@ -8,7 +8,7 @@ velocity network), ``data`` (analytic Gaussian video, bouncing shapes), ``plugin
 None of them imports diffusers; only the tests and the benchmark use it when present.
 """
 
-from flowmatch.plugins.video.adapters import DiffusionAsFlow, ddpm_alphas_cumprod
+from flowmatch.plugins.video.adapters import DiffusionAsFlow, FlowModelAsField, ddpm_alphas_cumprod
 from flowmatch.plugins.video.conditioning import (
     concat_condition,
     extension_mask,
@@ -44,7 +44,8 @@ from flowmatch.plugins.video.timesteps import (
 )
 
 __all__ = [
-    "DiffusionAsFlow", "FlowMatchScheduler", "GaussianVideo", "MultiBranchGuidance",
+    "DiffusionAsFlow", "FlowMatchScheduler", "FlowModelAsField", "GaussianVideo",
+    "MultiBranchGuidance",
     "VideoSampler", "bouncing_shapes", "concat_condition", "ddpm_alphas_cumprod",
     "diffusers_to_velocity", "extension_mask", "first_frame_mask", "first_last_mask",
     "flow_sigmas", "flow_time_grid", "frame_time_like", "generate_long", "last_frame_mask",

@@ -35,7 +35,7 @@ from flowmatch._validation import validation_enabled
 from flowmatch.paths import Scheduler
 from flowmatch.plugins.video.conventions import frame_time_like
 
-__all__ = ["DiffusionAsFlow", "ddpm_alphas_cumprod"]
+__all__ = ["DiffusionAsFlow", "FlowModelAsField", "ddpm_alphas_cumprod"]
 
 Prediction = Literal["epsilon", "v"]
 
@@ -154,3 +154,25 @@ class DiffusionAsFlow(nn.Module):
             eps = s5 * x_d + a5 * out
         x_hat = (x_d - s5 * eps) / a5
         return (x_hat - eps).to(x.dtype)
+
+
+class FlowModelAsField(nn.Module):
+    """A diffusers-convention flow model as a flowmatch velocity field.
+
+    diffusers flow transformers (SD3, Wan, HunyuanVideo, LTX) are called with
+    ``timestep = num_train_timesteps·σ`` and return v = ε − x_data. This wraps such a callable
+    ``model(x, timestep, **cond)`` as u(x, t) = −model(x, num_train_timesteps·(1 − t), **cond),
+    so flowmatch samplers (and :class:`MultiBranchGuidance`) can drive it. ``t`` may be [B] or
+    per-frame [B, T]; the timestep has the same shape.
+    """
+
+    def __init__(self, model: Callable[..., Tensor], num_train_timesteps: int = 1000) -> None:
+        super().__init__()
+        if num_train_timesteps <= 0:
+            raise ValueError(f"num_train_timesteps must be positive, got {num_train_timesteps}")
+        self.model = model
+        self.num_train_timesteps = num_train_timesteps
+
+    def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
+        timestep = (1 - t.to(x.dtype)) * self.num_train_timesteps
+        return -self.model(x, timestep, **cond)
