@@ -3,12 +3,13 @@
 from flowmatch.geometry.base import Geometry
 from flowmatch.geometry.euclidean import Euclidean
 from flowmatch.geometry.geoopt_adapter import GeooptGeometry, as_geometry
+from flowmatch.geometry.hyperbolic import Hyperbolic
 from flowmatch.geometry.product import Product
 from flowmatch.geometry.sphere import Sphere
 from flowmatch.geometry.torus import FlatTorus
 
 __all__ = ["Geometry", "Euclidean", "GeooptGeometry", "Product", "as_geometry"]
-__all__ += ["Sphere", "FlatTorus"]
+__all__ += ["Sphere", "FlatTorus", "Hyperbolic"]
 from flowmatch.geometry.discrete import Discrete  # noqa: E402
 
 __all__ += ["Discrete"]
