@@ -159,19 +159,21 @@ def bouncing_shapes(
     """Render ``batch_size`` clips of ``num_objects`` discs bouncing in a size×size box.
 
     The unfolded trajectory p0 + k·v is folded into the box (so positions are exact at every
-    frame, reflections included). Discs are drawn with a soft edge of width ``edge`` pixels
-    (a logistic in the distance to the rim) so the images are smooth functions of position.
+    frame, reflections included); centres keep one pixel more than the radius from the edge.
+    Discs are drawn with a soft rim (a logistic of scale ``edge`` pixels in the distance to the
+    rim), so images are smooth functions of position and a disc's mass barely aliases.
     """
     if min(batch_size, num_frames, size, num_objects) <= 0:
         raise ValueError("batch_size, num_frames, size and num_objects must be positive")
-    if not 0 < radius[0] <= radius[1] < size / 2:
-        raise ValueError(f"radius range must satisfy 0 < lo ≤ hi < size/2, got {radius}")
+    if not 0 < radius[0] <= radius[1] < size / 2 - 2:
+        raise ValueError(f"radius range must satisfy 0 < lo ≤ hi < size/2 − 2, got {radius}")
     if not 0 <= speed[0] <= speed[1]:
         raise ValueError(f"speed range must satisfy 0 ≤ lo ≤ hi, got {speed}")
     g = generator
     B, K, T = batch_size, num_objects, num_frames
     r = radius[0] + (radius[1] - radius[0]) * torch.rand(B, K, generator=g)
-    lo, hi = r[..., None], size - 1 - r[..., None]
+    # one pixel of margin keeps the soft rim inside the frame, so a disc's mass is conserved
+    lo, hi = r[..., None] + 1, size - 2 - r[..., None]
     p0 = lo + (hi - lo) * torch.rand(B, K, 2, generator=g)
     ang = 2 * math.pi * torch.rand(B, K, generator=g)
     sp = speed[0] + (speed[1] - speed[0]) * torch.rand(B, K, generator=g)
@@ -183,7 +185,7 @@ def bouncing_shapes(
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32),
                             torch.arange(size, dtype=torch.float32), indexing="ij")
     d = torch.sqrt((xx - pos[..., 0, None, None]) ** 2 + (yy - pos[..., 1, None, None]) ** 2)
-    cover = torch.sigmoid((r[:, :, None, None, None] - d) / max(edge, 1e-6) * 4)  # [B,K,T,H,W]
+    cover = torch.sigmoid((r[:, :, None, None, None] - d) / max(edge, 1e-6))  # [B,K,T,H,W]
     occ = 1 - torch.prod(1 - cover, dim=1)  # union of discs
     video = (2 * occ - 1)[:, None]
     return BouncingShapes(video=video, positions=pos, velocities=vel, radius=r)

@@ -1,0 +1,141 @@
+"""A small video velocity network: (2+1)-D convolutions with per-frame adaLN time conditioning.
+
+Input x [B, C, T, H, W] and time t ([B] or per-frame [B, T], flowmatch convention); output the
+velocity [B, C, T, H, W]. Each residual block factorises a 3-D convolution into a spatial
+(1×3×3) and a temporal (3×1×1) one (R(2+1)D), which is cheaper and lets frames exchange
+information only along time. Time enters through adaptive normalisation: each frame's time
+embedding sets a per-channel scale and shift after GroupNorm, and a gate on the residual branch
+initialised at zero (adaLN-Zero), so an untrained network is the identity on its features and
+frames at different times (e.g. clean conditioning frames at t = 1) are modulated differently.
+
+With ``mask_conditioning=True`` the network also takes ``known`` (frame mask) and ``reference``
+(clean video) and sees [x, mask, mask·reference] (see :func:`concat_condition`); without them it
+behaves as text-to-video (an all-false mask).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from flowmatch.plugins.video.conditioning import concat_condition
+from flowmatch.plugins.video.conventions import check_video
+
+__all__ = ["VideoVelocityNet"]
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """[..., dim] sinusoidal features of t ∈ [0, 1] (scaled by 1000 to spread the frequencies)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32,
+                                                           device=t.device) / half)
+    args = 1000.0 * t.float()[..., None] * freqs
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[..., :1])], dim=-1)
+    return emb
+
+
+class _Block(nn.Module):
+    """GroupNorm → adaLN(scale, shift) → SiLU → spatial conv → SiLU → temporal conv, gated."""
+
+    def __init__(self, width: int, emb_dim: int, dilation: int) -> None:
+        super().__init__()
+        groups = 8 if width % 8 == 0 else 1
+        self.norm = nn.GroupNorm(groups, width, affine=False)
+        self.mod = nn.Linear(emb_dim, 3 * width)
+        nn.init.zeros_(self.mod.weight)
+        nn.init.zeros_(self.mod.bias)
+        self.spatial = nn.Conv3d(width, width, (1, 3, 3), padding=(0, dilation, dilation),
+                                 dilation=(1, dilation, dilation))
+        self.temporal = nn.Conv3d(width, width, (3, 1, 1), padding=(1, 0, 0))
+        self.act = nn.SiLU()
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        # emb [B, T, E] → per-frame, per-channel modulation [B, width, T, 1, 1]
+        scale, shift, gate = (m.permute(0, 2, 1)[..., None, None]
+                              for m in self.mod(emb).chunk(3, dim=-1))
+        y = self.norm(h) * (1 + scale) + shift
+        y = self.temporal(self.act(self.spatial(self.act(y))))
+        return h + gate * y
+
+
+class VideoVelocityNet(nn.Module):
+    """Velocity field u(x, t) for videos [B, C, T, H, W] with per-frame time.
+
+    Args:
+        channels: C of the video.
+        width: hidden channels; depth: number of residual (2+1)-D blocks.
+        dilations: spatial dilation per block (cycled), to widen the receptive field cheaply.
+        time_dim: size of the sinusoidal time features.
+        mask_conditioning: accept ``known``/``reference`` and see them as input channels.
+        patch: spatial patch size; the blocks run at H/patch × W/patch (H, W divisible by it),
+            the output is brought back by a transposed convolution.
+    """
+
+    def __init__(self, channels: int = 1, width: int = 32, depth: int = 4,
+                 dilations: tuple[int, ...] = (1, 2, 4, 1), time_dim: int = 64,
+                 mask_conditioning: bool = False, patch: int = 1) -> None:
+        super().__init__()
+        if min(channels, width, depth, time_dim, patch) <= 0:
+            raise ValueError("channels, width, depth, time_dim and patch must be positive")
+        self.patch = patch
+        self.channels = channels
+        self.mask_conditioning = mask_conditioning
+        self.time_dim = time_dim
+        in_ch = 2 * channels + 1 if mask_conditioning else channels
+        emb_dim = 4 * width
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, emb_dim), nn.SiLU(),
+                                      nn.Linear(emb_dim, emb_dim))
+        if patch == 1:
+            self.inp = nn.Conv3d(in_ch, width, (1, 3, 3), padding=(0, 1, 1))
+        else:
+            self.inp = nn.Conv3d(in_ch, width, (1, patch, patch), stride=(1, patch, patch))
+        self.blocks = nn.ModuleList(
+            _Block(width, emb_dim, dilations[i % len(dilations)]) for i in range(depth))
+        self.out_norm = nn.GroupNorm(8 if width % 8 == 0 else 1, width)
+        if patch == 1:
+            self.out = nn.Conv3d(width, channels, (1, 3, 3), padding=(0, 1, 1))
+        else:
+            self.out = nn.ConvTranspose3d(width, channels, (1, patch, patch),
+                                          stride=(1, patch, patch))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, t: Tensor, known: Tensor | None = None,
+                reference: Tensor | None = None) -> Tensor:
+        check_video("x", x)
+        B, C, T = x.shape[:3]
+        if C != self.channels:
+            raise ValueError(f"x has {C} channels but the network was built for "
+                             f"{self.channels}")
+        if x.shape[3] % self.patch or x.shape[4] % self.patch:
+            raise ValueError(f"H and W must be divisible by patch={self.patch}, got "
+                             f"{tuple(x.shape[3:])}")
+        if t.dim() == 0:
+            t = t.expand(B)
+        if t.dim() == 1:
+            if t.shape[0] not in (1, B):
+                raise ValueError(f"t has {t.shape[0]} entries but the batch has {B}")
+            t = t.reshape(-1, 1).expand(B, T)
+        if t.dim() != 2 or t.shape[1] != T:
+            raise ValueError(f"t must be [B] or [B, T={T}], got shape {tuple(t.shape)}")
+        if self.mask_conditioning:
+            if known is None:
+                known = torch.zeros(T, dtype=torch.bool, device=x.device)
+                reference = torch.zeros_like(x)
+            elif reference is None:
+                raise ValueError("known frames need a reference video")
+            h = concat_condition(x, known, reference)
+        else:
+            if known is not None or reference is not None:
+                raise TypeError("this network was built without mask_conditioning; "
+                                "known/reference are not accepted")
+            h = x
+        emb = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype))  # [B, T, E]
+        h = self.inp(h)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(torch.nn.functional.silu(self.out_norm(h)))
