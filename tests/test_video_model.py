@@ -25,11 +25,11 @@ def _randomise(net):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
+@torch.no_grad()
 def test_shapes_time_broadcast_and_zero_init():
     net = VideoVelocityNet(channels=2, width=16, depth=2, patch=2)
     x = torch.randn(3, 2, 5, 8, 8)
-    with torch.no_grad():
-        assert float(net(x, torch.rand(3)).abs().max()) == 0  # adaLN-Zero: starts at u = 0
+    assert float(net(x, torch.rand(3)).abs().max()) == 0  # adaLN-Zero: starts at u = 0
     _randomise(net)
     t = torch.rand(3)
     out = net(x, t)
@@ -40,6 +40,7 @@ def test_shapes_time_broadcast_and_zero_init():
     assert float((net(x, tf) - out).abs().max()) > 1e-4  # per-frame t is used
 
 
+@torch.no_grad()
 def test_mask_conditioning_inputs():
     net = VideoVelocityNet(channels=1, width=16, depth=2, mask_conditioning=True)
     _randomise(net)
