@@ -196,3 +196,38 @@ def test_solver_rejects_bad_input():
         nan_net.sample(sp.sample_base((2, 2)))
     with pytest.raises(ValueError, match="t \\+ h ≤ 1"):
         ctmc_step(sp.sample_base((2, 2)), torch.zeros(2, 2, 4), 0.9, 0.2, CondOTScheduler(), sp)
+
+
+def test_confidence_unmasking_schedule():
+    sp = Discrete(6, "mask")
+    sched = PolynomialScheduler(2)
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(50, 10, 6, generator=g)
+    x = torch.full((50, 10), 6)
+    x[:, :3] = 2  # three tokens already unmasked
+    out = ctmc_step(x, logits, 0.3, 0.2, sched, sp, unmasking="confidence", generator=g)
+    assert torch.equal(out[:, :3], x[:, :3])
+    p = (0.25 - 0.09) / 0.91
+    newly = ((x == 6) & (out != 6)).sum(1)
+    # ⌊7p + u⌋: the count is one of the two integers around 7p, with mean 7p
+    assert set(newly.tolist()) <= {math.floor(7 * p), math.ceil(7 * p)}
+    assert abs(newly.double().mean() - 7 * p) < 0.3
+    # the chosen ones are the most confident drawn tokens: under top_k=1 (greedy draws) they
+    # are the masked positions with the largest maximum posterior probability
+    greedy = ctmc_step(x, logits, 0.3, 0.2, sched, sp, unmasking="confidence", top_k=1,
+                       generator=g)
+    conf = torch.softmax(logits, -1).amax(-1).masked_fill(x != 6, -1.0)
+    for row in range(50):
+        picked = ((x[row] == 6) & (greedy[row] != 6)).nonzero().flatten()
+        if len(picked):
+            top = conf[row].topk(len(picked)).indices
+            assert set(picked.tolist()) == set(top.tolist())
+    net = DiscreteMLP(5, 7, 6, hidden=16, layers=1, embed_dim=4)
+    final = DiscreteSolver(net, sp, sched).sample(sp.sample_base((8, 5)), num_steps=7,
+                                                   unmasking="confidence")
+    assert not bool((final == 6).any())
+    with pytest.raises(ValueError, match="mask source"):
+        ctmc_step(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, 4), 0.1, 0.1, sched,
+                  Discrete(4, "uniform"), unmasking="confidence")
+    with pytest.raises(ValueError, match="'random' or 'confidence'"):
+        ctmc_step(x, logits, 0.3, 0.2, sched, sp, unmasking="greedy")

@@ -128,6 +128,7 @@ def ctmc_step(
     top_k: int | None = None,
     top_p: float | None = None,
     keep_unmasked: bool = True,
+    unmasking: str = "random",
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Advance tokens ``x_t`` (int64, any shape) from time t to t + h; returns x_{t+h}.
@@ -138,6 +139,13 @@ def ctmc_step(
     ``top_k`` and ``top_p`` filter the posterior before x̂₁ is drawn (see :func:`filter_logits`).
     For the mask source with ``keep_unmasked``, unmasked tokens keep their value (their exact
     posterior) unless a source jump re-masks them.
+
+    ``unmasking`` (mask source only): ``"random"`` is the CTMC above — each masked token unmasks
+    independently with probability p = (κ_{t+h} − κ_t)/(1 − κ_t). ``"confidence"`` is the
+    MaskGIT-style schedule: in each sequence (leading dimension) exactly ⌊p·n + u⌋ of the n
+    masked tokens unmask (stochastic rounding, u ~ U[0, 1), so the expected count matches the
+    CTMC), chosen as those whose drawn x̂₁ has the highest (unfiltered) posterior probability.
+    It is a heuristic (it no longer simulates the path's CTMC) and excludes the corrector.
     """
     t, h = float(t), float(h)
     if validation_enabled():
@@ -147,16 +155,19 @@ def ctmc_step(
         space.check_logits(logits, x_t)
     return _step(x_t, logits, t, h, scheduler, space, eta=eta, corrector=corrector,
                  temperature=temperature, top_k=top_k, top_p=top_p,
-                 keep_unmasked=keep_unmasked, generator=generator)
+                 keep_unmasked=keep_unmasked, unmasking=unmasking, generator=generator)
 
 
 def _step(x_t, logits, t, h, scheduler, space, *, eta, corrector, temperature, top_k, top_p,
-          keep_unmasked, generator):
+          keep_unmasked, generator, unmasking="random"):
     k0, dk0 = _kappa(scheduler, t)
     b = source_jump_rate(k0, dk0, t, eta=eta, corrector=corrector)
     p_fwd, p_src = jump_probabilities(scheduler, t, h, b)
-    logits = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-    x1_hat = sample_categorical(logits, generator=generator)
+    filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    x1_hat = sample_categorical(filtered, generator=generator)
+    if unmasking != "random":
+        # confidence is the network's own posterior probability, before any filtering
+        return _confidence_unmask(x_t, logits, x1_hat, p_fwd, space, b, unmasking, generator)
     if keep_unmasked and space.source == "mask":
         x1_hat = torch.where(x_t == space.mask_token, x1_hat, x_t)
     u = torch.rand(x_t.shape, generator=generator, device=x_t.device)
@@ -165,6 +176,30 @@ def _step(x_t, logits, t, h, scheduler, space, *, eta, corrector, temperature, t
         to_source = (u >= p_fwd) & (u < p_fwd + p_src)
         x_next = torch.where(to_source, _source_draw(space, x_t, generator), x_next)
     return x_next
+
+
+def _confidence_unmask(x_t, logits, x1_hat, p_fwd, space, b, unmasking, generator):
+    if unmasking != "confidence":
+        raise ValueError(f"unmasking must be 'random' or 'confidence', got {unmasking!r}")
+    if space.source != "mask":
+        raise ValueError("confidence unmasking needs the mask source, got "
+                         f"source={space.source!r}")
+    if b:
+        raise ValueError("confidence unmasking does not combine with eta/corrector")
+    if x_t.dim() < 2:
+        raise ValueError("confidence unmasking needs tokens [B, L, ...] (it counts per "
+                         f"sequence), got shape {tuple(x_t.shape)}")
+    flat, flat_hat = x_t.flatten(1), x1_hat.flatten(1)
+    masked = flat == space.mask_token
+    n_masked = masked.sum(1)
+    u = torch.rand(n_masked.shape, generator=generator, device=x_t.device)
+    n_unmask = torch.minimum(torch.floor(p_fwd * n_masked + u), n_masked.to(u.dtype))
+    logp = torch.log_softmax(logits, -1).flatten(1, -2)
+    score = logp.gather(-1, flat_hat.unsqueeze(-1)).squeeze(-1).masked_fill(~masked,
+                                                                             float("-inf"))
+    rank = torch.argsort(torch.argsort(score, dim=1, descending=True), dim=1)
+    chosen = masked & (rank < n_unmask.unsqueeze(1))
+    return torch.where(chosen, flat_hat, flat).view_as(x_t)
 
 
 def _source_draw(space: Discrete, like: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -237,6 +272,7 @@ class DiscreteSolver:
         top_k: int | None = None,
         top_p: float | None = None,
         keep_unmasked: bool = True,
+        unmasking: str = "random",
         return_intermediates: bool = False,
         generator: torch.Generator | None = None,
         **cond,
@@ -266,7 +302,8 @@ class DiscreteSolver:
                 space.check_logits(logits, x, f"the field's logits at t={t:.4g}")
             x = _step(x, logits, t, t_next - t, self.scheduler, space, eta=eta,
                           corrector=corrector, temperature=temperature, top_k=top_k,
-                          top_p=top_p, keep_unmasked=keep_unmasked, generator=generator)
+                          top_p=top_p, keep_unmasked=keep_unmasked, unmasking=unmasking,
+                          generator=generator)
             if out is not None and i + 1 in marks:
                 out.append(x)
         return torch.stack(out) if out is not None else x
