@@ -15,6 +15,7 @@ from flowmatch.plugins.video import (
 from flowmatch.plugins.video.samplers import renoise
 
 SHIFTED_GRID = flow_time_grid(7, shift=3.0)  # deliberately non-uniform
+F64 = torch.float64
 
 
 @pytest.mark.parametrize("method", ["euler", "heun", "midpoint"])
@@ -80,6 +81,32 @@ def test_convergence_order_against_exact_flow_map(method, order):
         # ≈ 8), so only its lower bound is asserted; Euler and Heun must sit at their order.
         if method != "midpoint":
             assert r < 2**order * 1.25, (method, errs)
+
+
+def test_per_frame_grid_shared_equals_plain_grid():
+    gv = GaussianVideo(5, rho=0.8, var=1.3, mean=0.4)
+    x0 = torch.randn(4, 1, 5, 1, 1, generator=torch.Generator().manual_seed(6), dtype=F64)
+    grid = flow_time_grid(6, shift=2.0)
+    plain = sample_video(gv.velocity, x0, method="heun", time_grid=grid)
+    framed = sample_video(gv.velocity, x0, method="heun", time_grid=grid[:, None].expand(7, 5))
+    torch.testing.assert_close(framed, plain, atol=1e-12, rtol=0)
+
+
+def test_rolling_per_frame_schedule_reaches_the_target_law():
+    # Frame k runs on its own clock t_k(s) = clamp(1.5 s − 0.5 k/(T − 1), 0, 1): early frames
+    # finish first, late ones start late. With the exact per-frame velocity the end law is
+    # still N(μ, Σ). 4000 clips × 4 pixels: SE of a mean ≈ 0.009, of a covariance ≈ 0.015.
+    T = 6
+    gv = GaussianVideo(T, rho=0.85, var=1.2, mean=0.5, height=2, width=2)
+    s = torch.linspace(0, 1, 121, dtype=F64)[:, None]
+    k = torch.arange(T, dtype=F64)[None, :]
+    grid = (1.5 * s - 0.5 * k / (T - 1)).clamp(0, 1)
+    assert float(grid[:, 0].max()) == 1 and float(grid[0].max()) == 0
+    x0 = torch.randn(4000, 1, T, 2, 2, generator=torch.Generator().manual_seed(7), dtype=F64)
+    x = sample_video(gv.velocity, x0, method="heun", time_grid=grid)
+    series = x.permute(0, 3, 4, 1, 2).reshape(-1, T)
+    assert float((series.mean(0) - 0.5).abs().max()) < 0.05
+    assert float((torch.cov(series.T) - gv.cov).abs().max()) < 0.07
 
 
 def test_nfe_counts():
@@ -153,6 +180,13 @@ def test_sampler_bad_input():
     x0 = torch.zeros(2, 1, 4, 1, 1)
     with pytest.raises(ValueError, match="strictly increasing"):
         sample_video(gv.velocity, x0, time_grid=[0.0, 0.5, 0.4, 1.0])
+    with pytest.raises(ValueError, match="non-decreasing in every frame"):
+        sample_video(gv.velocity, x0, time_grid=torch.tensor([[0.5] * 4, [0.6, 0.2, 0.6, 0.6],
+                                                              [1.0] * 4]))
+    with pytest.raises(ValueError, match="3 frames but the video has T = 4"):
+        sample_video(gv.velocity, x0, time_grid=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="shared time grid"):
+        sample_video(gv.velocity, x0, time_grid=torch.zeros(3, 4), renoise_fraction=0.5)
     with pytest.raises(ValueError, match="method"):
         VideoSampler(gv.velocity, "rk4")
     with pytest.raises(ValueError, match="known has 3 frames but the video has T = 4"):

@@ -73,11 +73,25 @@ class GaussianVideo:
         return mu + GaussianVideo._apply(A, x.to(torch.float64) - t5 * mu)
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
-        """Exact unconditional velocity field, t of shape [B] (flowmatch time)."""
+        """Exact unconditional velocity field; t is [B] or per-frame [B, T] (flowmatch time).
+
+        Per frame, with D = diag(t_1..t_T): x_t = D x1 + (I − D) ε, and
+        u = E[x1 − ε | x_t] = μ + (ΣD − (I − D)) C⁻¹ (x − Dμ), C = DΣD + (I − D)²,
+        where C is positive definite for all t ∈ [0, 1]^T; frame k of u is the velocity of
+        frame k along its own time (the sampler scales it by that frame's step).
+        """
         check_video("x", x)
-        if t.dim() == 2:  # one shared time per clip is required here
-            t = t[:, 0]
-        return self._velocity(x, t, self.mu[:, None, None], self.cov).to(x.dtype)
+        if t.dim() < 2:
+            return self._velocity(x, t, self.mu[:, None, None], self.cov).to(x.dtype)
+        if t.shape[-1] != self.T:
+            raise ValueError(f"per-frame t has {t.shape[-1]} frames, the video has {self.T}")
+        d = t.to(torch.float64).expand(x.shape[0], self.T)
+        D, ImD = torch.diag_embed(d), torch.diag_embed(1 - d)
+        C = D @ self.cov @ D + ImD @ ImD
+        M = torch.linalg.solve(C, (self.cov @ D - ImD).transpose(1, 2)).transpose(1, 2)
+        mu = self.mu[:, None, None]
+        xc = x.to(torch.float64) - d[:, None, :, None, None] * mu
+        return (mu + self._apply(M, xc)).to(x.dtype)
 
     def conditional_moments(self, known: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """Law of the unknown frames given the known ones (a [T] mask shared by the batch).

@@ -87,7 +87,8 @@ class VideoSampler:
         self.nfe += 1
         if frozen is None:
             return self.field(x, t, **cond)
-        tf = torch.where(frozen, torch.ones_like(frozen, dtype=x.dtype), t[:, None])
+        tt = t if t.dim() == 2 else t[:, None]
+        tf = torch.where(frozen, torch.ones_like(frozen, dtype=x.dtype), tt)
         u = self.field(x, tf, **cond)
         # Known frames are data already: they must not move whatever the field says there.
         return u * (~frozen)[:, None, :, None, None].to(u.dtype)
@@ -112,7 +113,10 @@ class VideoSampler:
         Args:
             x0: noise, [B, C, T, H, W].
             time_grid: increasing times [N + 1] starting where x0 lives (usually 0) — e.g.
-                :func:`flow_time_grid`; or ``num_steps`` for a uniform grid on [0, 1].
+                :func:`flow_time_grid`; or ``num_steps`` for a uniform grid on [0, 1]. A
+                per-frame grid [N + 1, T] (non-decreasing in each frame) gives every frame its
+                own schedule — staggered or rolling denoising; the field then gets [B, T] times
+                and frame k moves by (t_{i+1,k} − t_{i,k})·u_k.
             known, reference: frame mask [T] or [B, T] (True = given) and the clean video whose
                 known frames condition the sample; see the module docstring for ``conditioning``.
             renoise_fraction: before each step from t_i > 0, step back to
@@ -123,8 +127,11 @@ class VideoSampler:
         check_video("x0", x0)
         check_finite("x0", x0)
         grid = self._grid(time_grid, num_steps, x0)
+        per_frame_grid = grid.dim() == 2
         if not 0 <= renoise_fraction < 1:
             raise ValueError(f"renoise_fraction must lie in [0, 1), got {renoise_fraction}")
+        if renoise_fraction > 0 and per_frame_grid:
+            raise ValueError("renoise_fraction needs a shared time grid [N + 1], not per-frame")
         if conditioning not in ("per_frame", "replace"):
             raise ValueError(
                 f"conditioning must be 'per_frame' or 'replace', got {conditioning!r}"
@@ -143,13 +150,23 @@ class VideoSampler:
             m5 = mask[:, None, :, None, None]
         self.nfe = 0
         B = x0.shape[0]
+
+        def spread(t: Tensor) -> Tensor:
+            """A grid time (scalar or [T]) against x: [] or [1, 1, T, 1, 1]."""
+            return t if t.dim() == 0 else t.reshape(1, 1, -1, 1, 1)
+
+        def batch(t: Tensor) -> Tensor:
+            """A grid time as the field's t: [B] or per-frame [B, T]."""
+            return t.expand(B) if t.dim() == 0 else t.expand(B, t.shape[0])
+
         x = x0
         if known is not None:
             if conditioning == "per_frame":
                 frozen = mask
                 x = torch.where(m5, reference, x0)
             else:
-                x = torch.where(m5, grid[0] * reference + (1 - grid[0]) * x0, x0)
+                g0 = spread(grid[0])
+                x = torch.where(m5, g0 * reference + (1 - g0) * x0, x0)
         states = [x] if return_intermediates else None
         for i in range(grid.shape[0] - 1):
             t0, t1 = grid[i], grid[i + 1]
@@ -159,20 +176,20 @@ class VideoSampler:
                 # frozen frames stay clean; replaced frames are overwritten below anyway
                 x = torch.where(m5, x, x_new) if frozen is not None else x_new
                 t0 = t_back
-            h = t1 - t0
-            tb0, tb1 = t0.expand(B), t1.expand(B)
+            h = spread(t1 - t0)
             if self.method == "euler":
-                x = x + h * self._eval(x, tb0, frozen, cond)
+                x = x + h * self._eval(x, batch(t0), frozen, cond)
             elif self.method == "heun":
-                k1 = self._eval(x, tb0, frozen, cond)
-                k2 = self._eval(x + h * k1, tb1, frozen, cond)
+                k1 = self._eval(x, batch(t0), frozen, cond)
+                k2 = self._eval(x + h * k1, batch(t1), frozen, cond)
                 x = x + 0.5 * h * (k1 + k2)
             else:
-                k1 = self._eval(x, tb0, frozen, cond)
-                tm = (t0 + 0.5 * h).expand(B)
+                k1 = self._eval(x, batch(t0), frozen, cond)
+                tm = batch(t0 + 0.5 * (t1 - t0))
                 x = x + h * self._eval(x + 0.5 * h * k1, tm, frozen, cond)
             if known is not None and conditioning == "replace":
-                x = torch.where(m5, t1 * reference + (1 - t1) * x0, x)
+                g1 = spread(t1)
+                x = torch.where(m5, g1 * reference + (1 - g1) * x0, x)
             if states is not None:
                 states.append(x)
         return torch.stack(states) if states is not None else x
@@ -187,14 +204,22 @@ class VideoSampler:
                 raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
             return torch.linspace(0, 1, int(n) + 1, dtype=x0.dtype, device=x0.device)
         grid = torch.as_tensor(time_grid).to(dtype=x0.dtype, device=x0.device)
-        if grid.dim() != 1 or grid.shape[0] < 2:
-            raise ValueError(f"time_grid must be 1-D with ≥ 2 times, got {tuple(grid.shape)}")
+        if grid.dim() not in (1, 2) or grid.shape[0] < 2:
+            raise ValueError(f"time_grid must be [N + 1] or per-frame [N + 1, T] with N ≥ 1, "
+                             f"got shape {tuple(grid.shape)}")
         check_finite("time_grid", grid)
-        if bool((grid[1:] <= grid[:-1]).any()):
+        if grid.dim() == 2:
+            if grid.shape[1] != x0.shape[2]:
+                raise ValueError(f"per-frame time_grid has {grid.shape[1]} frames but the "
+                                 f"video has T = {x0.shape[2]}")
+            # frames may wait (staggered / rolling schedules) but never go back
+            if bool((grid[1:] < grid[:-1]).any()):
+                raise ValueError("a per-frame time_grid must be non-decreasing in every frame")
+        elif bool((grid[1:] <= grid[:-1]).any()):
             raise ValueError("time_grid must be strictly increasing (t: 0 = noise → 1 = data)")
-        if float(grid[0]) < 0 or float(grid[-1]) > 1:
+        if float(grid.min()) < 0 or float(grid.max()) > 1:
             raise ValueError(
-                f"time_grid must lie in [0, 1], got [{float(grid[0])}, {float(grid[-1])}]"
+                f"time_grid must lie in [0, 1], got [{float(grid.min())}, {float(grid.max())}]"
             )
         return grid
 
