@@ -6,11 +6,12 @@ from flowmatch.geometry.geoopt_adapter import GeooptGeometry, as_geometry
 from flowmatch.geometry.hyperbolic import Hyperbolic
 from flowmatch.geometry.product import Product
 from flowmatch.geometry.so3 import SO3
+from flowmatch.geometry.spd import SPD
 from flowmatch.geometry.sphere import Sphere
 from flowmatch.geometry.torus import FlatTorus
 
 __all__ = ["Geometry", "Euclidean", "GeooptGeometry", "Product", "as_geometry"]
-__all__ += ["Sphere", "FlatTorus", "Hyperbolic", "SO3"]
+__all__ += ["Sphere", "FlatTorus", "Hyperbolic", "SO3", "SPD"]
 from flowmatch.geometry.discrete import Discrete  # noqa: E402
 
 __all__ += ["Discrete"]
