@@ -1,0 +1,283 @@
+"""Video flow matching on procedural bouncing discs, scored by physics rather than FVD.
+
+Trains the plugin's (2+1)-D velocity network on clips of one disc bouncing in a box for a fixed
+CPU time budget, then reports
+
+* the validation flow-matching loss at fixed t (held-out clips, fixed noise);
+* physical consistency of generated clips: mass kept over frames (object permanence), the
+  fraction of frames with exactly one object, centroid speed and centroid acceleration
+  (constant motion between bounces), next to the same estimators on real clips;
+* the ODE error of each sampler against a 32-step (64 NFE) Heun reference from the same noise, at
+  equal function evaluations: flowmatch Euler, Heun and midpoint, the plugin's
+  diffusers-compatible scheduler (Heun) and, when installed, diffusers'
+  FlowMatchEulerDiscreteScheduler on the same σ grid;
+* sampling time per clip against the number of steps;
+
+and writes JSON plus PNG strips (rows = clips, columns = frames) and a GIF of samples.
+
+    python benchmarks/video_bouncing.py [--quick] [--json PATH] [--out-dir DIR] [--threads N]
+
+FVD needs downloaded I3D weights, so it is not reported. The data are generated here; there is
+no published number for this task. Timings on a shared machine are provisional.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from flowmatch.plugins.video import (  # noqa: E402
+    FlowMatchScheduler,
+    VideoSampler,
+    bouncing_shapes,
+    flow_sigmas,
+    sample_training_t,
+    video_path_sample,
+)
+from flowmatch.plugins.video.model import VideoVelocityNet  # noqa: E402
+from flowmatch.plugins.video.plugin import save_strip  # noqa: E402
+
+
+# -- physics of a clip ------------------------------------------------------------------------
+def occupancy(video: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, H, W] in [−1, 1] → disc occupancy in [0, 1], [B, T, H, W]."""
+    return ((video[:, 0].float() + 1) / 2).clamp(0, 1)
+
+
+def physics(video: torch.Tensor) -> dict[str, float]:
+    """Mass variation, object count, centroid speed and acceleration of one-disc clips."""
+    occ = occupancy(video)
+    B, T, H, W = occ.shape
+    mass = occ.sum(dim=(2, 3))  # [B, T]
+    mbar = mass.mean(1, keepdim=True).clamp_min(1e-6)
+    mass_err = float(((mass - mbar).abs() / mbar).mean())
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32),
+                            torch.arange(W, dtype=torch.float32), indexing="ij")
+    w = occ / occ.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    cx, cy = (w * xs).sum(dim=(2, 3)), (w * ys).sum(dim=(2, 3))
+    c = torch.stack([cx, cy], -1)  # [B, T, 2]
+    speed = (c[:, 1:] - c[:, :-1]).norm(dim=-1)
+    acc = (c[:, 2:] - 2 * c[:, 1:-1] + c[:, :-2]).norm(dim=-1)
+    binary = (occ > 0.5).numpy()
+    counts = np.array([[ndimage.label(binary[b, k])[1] for k in range(T)] for b in range(B)])
+    return {"mass_error": mass_err, "mean_mass": float(mass.mean()),
+            "one_object_frames": float((counts == 1).mean()),
+            "centroid_speed": float(speed.mean()), "centroid_accel": float(acc.mean())}
+
+
+# -- training ---------------------------------------------------------------------------------
+def train(net, cfg, budget_s: float, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=0.0)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    steps, start, losses = 0, time.perf_counter(), []
+    while time.perf_counter() - start < budget_s:
+        x1 = bouncing_shapes(cfg["batch"], num_frames=cfg["frames"], size=cfg["size"],
+                             generator=g).video
+        x0 = torch.randn(x1.shape, generator=g)
+        t = sample_training_t(cfg["batch"], method="logit_normal", generator=g)
+        x_t, target, _ = video_path_sample(x0, x1, t)
+        loss = (net(x_t, t) - target).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg["ema"], (1 + steps) / (10 + steps))  # short warm-up of the average
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+                pe.lerp_(p, 1 - decay)
+        losses.append(float(loss.detach()))
+        steps += 1
+    return ema, steps, time.perf_counter() - start, losses
+
+
+@torch.no_grad()
+def val_loss(net, clips: torch.Tensor, noise: torch.Tensor, t: float) -> float:
+    tt = torch.full((clips.shape[0],), t)
+    x_t, target, _ = video_path_sample(noise, clips, tt)
+    return float((net(x_t, tt) - target).pow(2).mean())
+
+
+# -- samplers ---------------------------------------------------------------------------------
+def run_scheduler(sch, net, x, sigmas):
+    sch.set_timesteps(sigmas=sigmas[:-1].tolist())
+    for ts in sch.timesteps:
+        t = (1 - ts / 1000).reshape(1).expand(x.shape[0])
+        x = sch.step(-net(x, t), ts, x, return_dict=False)[0]  # diffusers v = −u
+    return x
+
+
+def sigma_grid(steps: int, shift: float) -> torch.Tensor:
+    """linspace(1, 0, steps + 1) shifted once (HunyuanVideo's grid): no tiny last step."""
+    return flow_sigmas(steps, shift=shift, sigma_min=1.0 / steps if steps > 1 else 0.0)
+
+
+@torch.no_grad()
+def sample(kind: str, net, x0: torch.Tensor, nfe: int, shift: float) -> torch.Tensor:
+    """One sampler at a budget of ``nfe`` network calls, all on the same σ-grid family."""
+    steps = nfe if kind in ("euler", "diffusers-euler") else nfe // 2
+    unshifted = sigma_grid(steps, 1.0).float()
+    if kind in ("euler", "heun", "midpoint"):
+        grid = (1 - sigma_grid(steps, shift)).float()
+        return VideoSampler(net, kind).sample(x0, time_grid=grid)
+    if kind == "scheduler-heun":
+        return run_scheduler(FlowMatchScheduler(shift=shift, method="heun"), net, x0, unshifted)
+    if kind == "diffusers-euler":
+        import diffusers
+
+        return run_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(shift=shift), net, x0,
+                             unshifted)
+    raise ValueError(kind)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short run (< 3 min on 2 cores)")
+    ap.add_argument("--json", type=str, default=None)
+    ap.add_argument("--out-dir", type=str, default=None, help="PNG/GIF folder")
+    ap.add_argument("--data-dir", type=str, default=None,
+                    help="unused: the clips are generated procedurally")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--train-seconds", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = dict(size=16, frames=8, objects=1, batch=16, lr=2e-3, ema=0.995, width=48, depth=4,
+               patch=2, dilations=[1, 2, 1, 2], shift=1.0,
+               train_seconds=args.train_seconds or (75.0 if args.quick else 600.0),
+               eval_clips=32 if args.quick else 128,
+               nfes=[8, 16] if args.quick else [4, 8, 16, 32], reference_nfe=64,
+               threads=torch.get_num_threads(), quick=args.quick, seed=args.seed,
+               torch=torch.__version__, train_t="logit_normal(0, 1)")
+    out_dir = Path(args.out_dir or (Path(args.json).parent if args.json else "."))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import diffusers  # noqa: F401
+
+        have_diffusers = True
+    except ImportError:
+        have_diffusers = False
+
+    net = VideoVelocityNet(channels=1, width=cfg["width"], depth=cfg["depth"],
+                           patch=cfg["patch"], dilations=tuple(cfg["dilations"]))
+    cfg["parameters"] = sum(p.numel() for p in net.parameters())
+    ema, steps, secs, losses = train(net, cfg, cfg["train_seconds"], args.seed)
+    cfg.update(train_steps=steps, train_seconds_measured=round(secs, 1),
+               train_loss_last100=float(np.mean(losses[-100:])))
+    ema.eval()
+
+    gval = torch.Generator().manual_seed(10_000 + args.seed)
+    val = bouncing_shapes(64, num_frames=cfg["frames"], size=cfg["size"], generator=gval)
+    vnoise = torch.randn(val.video.shape, generator=gval)
+    rows = []
+
+    def row(system, metric, value, unit, better):
+        rows.append(dict(system=system, metric=metric, value=float(value), unit=unit,
+                         better=better))
+
+    for t in (0.25, 0.5, 0.75, 0.9):
+        row("flowmatch", f"val_fm_loss@t={t}", val_loss(ema, val.video, vnoise, t), "mse",
+            "lower")
+
+    # ground truth: the same estimators on real clips, and the true centroid acceleration
+    real = bouncing_shapes(cfg["eval_clips"], num_frames=cfg["frames"], size=cfg["size"],
+                           generator=torch.Generator().manual_seed(20_000))
+    phys_real = physics(real.video)
+    true_acc = (real.positions[:, 0, 2:] - 2 * real.positions[:, 0, 1:-1]
+                + real.positions[:, 0, :-2]).norm(dim=-1).mean()
+    for k, v in phys_real.items():
+        row("data", k, v, "", "lower" if k in ("mass_error",) else "higher")
+    row("data", "true_centroid_accel", true_acc, "px/frame^2", "lower")
+
+    x0 = torch.randn(cfg["eval_clips"], 1, cfg["frames"], cfg["size"], cfg["size"],
+                     generator=torch.Generator().manual_seed(30_000))
+    ref = sample("heun", ema, x0, cfg["reference_nfe"], cfg["shift"])
+    kinds = ["euler", "heun", "midpoint", "scheduler-heun"]
+    if have_diffusers:
+        kinds.append("diffusers-euler")
+    strips = {}
+    table = []
+    for nfe in cfg["nfes"]:
+        for kind in kinds:
+            t0 = time.perf_counter()
+            x = sample(kind, ema, x0, nfe, cfg["shift"])
+            dt = (time.perf_counter() - t0) / x0.shape[0]
+            system = "diffusers" if kind.startswith("diffusers") else "flowmatch"
+            tag = f"[{kind},nfe={nfe}]"
+            ode_err = float((x - ref).pow(2).mean().sqrt())
+            ph = physics(x)
+            row(system, "ode_rmse_vs_ref" + tag, ode_err, "rms", "lower")
+            row(system, "mass_error" + tag, ph["mass_error"], "fraction", "lower")
+            row(system, "one_object_frames" + tag, ph["one_object_frames"], "fraction",
+                "higher")
+            row(system, "centroid_accel" + tag, ph["centroid_accel"], "px/frame^2", "lower")
+            row(system, "centroid_speed" + tag, ph["centroid_speed"], "px/frame", "higher")
+            row(system, "mean_mass" + tag, ph["mean_mass"], "px", "higher")
+            row(system, "sample_seconds_per_clip" + tag, dt, "s", "lower")
+            table.append((kind, nfe, ode_err, ph, dt))
+            strips[(kind, nfe)] = x
+    ph_ref = physics(ref)
+    for k, v in ph_ref.items():
+        row("flowmatch", f"{k}[heun-reference,nfe={cfg['reference_nfe']}]", v, "", "lower"
+            if k == "mass_error" else "higher")
+
+    # -- print -------------------------------------------------------------------------------
+    print(f"trained {steps} steps in {secs:.0f} s ({cfg['parameters']} parameters, "
+          f"threads {cfg['threads']}); val FM loss at t = 0.25/0.5/0.75/0.9: "
+          + ", ".join(f"{r['value']:.4f}" for r in rows[:4]))
+    print(f"{'sampler':<16}{'NFE':>4}{'ODE rmse':>10}{'mass err':>10}{'1 object':>10}"
+          f"{'|accel|':>9}{'speed':>8}{'s/clip':>9}")
+    print(f"{'data':<16}{'':>4}{'':>10}{phys_real['mass_error']:>10.4f}"
+          f"{phys_real['one_object_frames']:>10.3f}{phys_real['centroid_accel']:>9.3f}"
+          f"{phys_real['centroid_speed']:>8.3f}{'':>9}")
+    print(f"{'heun reference':<16}{cfg['reference_nfe']:>4}{0.0:>10.4f}"
+          f"{ph_ref['mass_error']:>10.4f}{ph_ref['one_object_frames']:>10.3f}"
+          f"{ph_ref['centroid_accel']:>9.3f}{ph_ref['centroid_speed']:>8.3f}{'':>9}")
+    for kind, nfe, err, ph, dt in table:
+        print(f"{kind:<16}{nfe:>4}{err:>10.4f}{ph['mass_error']:>10.4f}"
+              f"{ph['one_object_frames']:>10.3f}{ph['centroid_accel']:>9.3f}"
+              f"{ph['centroid_speed']:>8.3f}{dt:>9.4f}")
+    print(f"(true centroid |accel| from positions: {float(true_acc):.3f} px/frame²; "
+          f"threads {cfg['threads']}; timings provisional on a shared machine)")
+
+    # -- figures -----------------------------------------------------------------------------
+    n_show = min(6, x0.shape[0])
+    save_strip(real.video[:n_show], str(out_dir / "video_bouncing_data.png"))
+    best = strips[("heun", max(cfg["nfes"]))][:n_show]
+    save_strip(best, str(out_dir / "video_bouncing_samples_heun.png"))
+    save_strip(strips[("euler", max(cfg["nfes"]))][:n_show],
+               str(out_dir / "video_bouncing_samples_euler.png"))
+    try:
+        from PIL import Image
+
+        occ = (occupancy(best) * 255).byte().numpy()  # [B, T, H, W]
+        frames = [Image.fromarray(np.concatenate(list(occ[:, k]), axis=1)).resize(
+            (occ.shape[3] * n_show * 4, occ.shape[2] * 4), Image.NEAREST)
+            for k in range(occ.shape[1])]
+        frames[0].save(out_dir / "video_bouncing_samples.gif", save_all=True,
+                       append_images=frames[1:], duration=150, loop=0)
+    except ImportError:
+        print("Pillow missing: no GIF written", file=sys.stderr)
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"benchmark": "video_bouncing", "config": cfg, "rows": rows}, f,
+                      indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
