@@ -116,6 +116,15 @@ def _steps_per_interval(grid: list[float], num_steps: int | None,
     return [1] * len(spans)
 
 
+def _lincomb(base: Tensor | None, coeffs: tuple[float, ...], vecs: list, h: float) -> Tensor:
+    """base + h Σ_j coeffs[j] vecs[j] over the nonzero coefficients, one fused op per term."""
+    out = base
+    for c, v in zip(coeffs, vecs, strict=False):  # coeffs of a stage may be shorter than vecs
+        if c != 0.0:
+            out = v * (h * c) if out is None else out.add(v, alpha=h * c)
+    return out
+
+
 class RiemannianODESolver:
     """Integrate a tangent velocity field on a manifold; sample and compute log-likelihoods.
 
@@ -138,6 +147,7 @@ class RiemannianODESolver:
         self.field = field
         self.geometry = geometry
         self.nfe = 0
+        self._project_velocity = True
 
     # -- argument checks -----------------------------------------------------------------
     @staticmethod
@@ -149,8 +159,9 @@ class RiemannianODESolver:
 
     def _velocity(self, x: Tensor, t: float, cond: dict[str, Any]) -> Tensor:
         self.nfe += 1
-        tt = x.new_full((x.shape[0],), t)
-        return self.geometry.proju(x, self.field(x, tt, **cond))
+        v = self.field(x, x.new_full((x.shape[0],), t), **cond)
+        # skipped only where proju was found to be the identity (flat coordinates)
+        return self.geometry.proju(x, v) if self._project_velocity else v
 
     # -- one Runge–Kutta step ------------------------------------------------------------
     def _rk_step(
@@ -172,11 +183,10 @@ class RiemannianODESolver:
             if i == 0:
                 y = x
             else:
-                incr = sum((h * aij) * ks[j] for j, aij in enumerate(a[i]) if aij != 0.0)
                 if step == "expmap":
-                    y = g.expmap(x, incr)
+                    y = g.expmap(x, _lincomb(None, a[i], ks, h))
                 else:
-                    y = x + incr
+                    y = _lincomb(x, a[i], ks, h)
                     if project:
                         y = g.projx(y)
             k, s = stage_fn(y, t + ci * h)
@@ -185,19 +195,17 @@ class RiemannianODESolver:
                 k = torch.func.jvp(lambda p: g.logmap(x, p), (y,), (k,))[1]
             ks.append(k)
             scal.append(s)
-        incr = sum((h * bi) * k for bi, k in zip(b, ks, strict=True) if bi != 0.0)
         if step == "expmap":
-            x_next = g.expmap(x, g.proju(x, incr))
+            x_next = g.expmap(x, g.proju(x, _lincomb(None, b, ks, h)))
             if project:
                 x_next = g.projx(x_next)  # removes rounding drift only
         else:
-            x_next = x + incr
+            x_next = _lincomb(x, b, ks, h)
             if project:
                 x_next = g.projx(x_next)
         if scal[0] is None:
             return x_next, None
-        ds = sum(h * bi * s for bi, s in zip(b, scal, strict=True) if bi != 0.0)
-        return x_next, ds
+        return x_next, _lincomb(None, b, scal, h)
 
     # -- sampling ------------------------------------------------------------------------
     def sample(
@@ -232,6 +240,7 @@ class RiemannianODESolver:
         counts = _steps_per_interval(grid, num_steps, step_size)
         tableau = _TABLEAUX[method]
         self.nfe = 0
+        self._project_velocity = self._projection_kind(x0) != "identity"
 
         def stage(y: Tensor, t: float) -> tuple[Tensor, None]:
             return self._velocity(y, t, cond), None
@@ -326,6 +335,7 @@ class RiemannianODESolver:
                 "not supported — use a chart with metric_logdet instead"
             )
         proju = None if kind == "identity" else g.proju
+        self._project_velocity = proju is not None
         # one Gaussian probe per trajectory, held fixed (projected afresh at every point)
         probe = None if exact_divergence else torch.randn(
             x1.shape, generator=generator, dtype=x1.dtype, device=x1.device)

@@ -1,0 +1,215 @@
+"""Speed of Riemannian flow matching beside flow_matching's GeodesicProbPath/RiemannianODESolver.
+
+    python benchmarks/riemannian_speed.py [--quick] [--json PATH]
+
+On the sphere S² and the flat torus T⁷, both libraries train the *same* network (identical
+initial weights, batch, optimiser) and sample with the same integrator (projected midpoint,
+same number of steps). Training step = draw noise and times, sample the conditional geodesic
+path, evaluate the tangent-projected network, squared-error loss, backward, Adam step.
+Sampling = integrate the trained-at-init network from uniform noise over [0, 1].
+
+flowmatch computes the conditional velocity in closed form (a second logmap); the peer
+differentiates the geodesic with ``vmap(jvp(...))``. The two paths are checked to agree before
+timing. Timings are interleaved in one process (blocks of ours / peer's, median over blocks), so
+outside load on the shared machine affects both alike; the thread count is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sphere_earth import AmbientField  # noqa: E402
+from torus_rna import angle_features  # noqa: E402
+
+from flowmatch.geometry.sphere import Sphere  # noqa: E402
+from flowmatch.geometry.torus import FlatTorus  # noqa: E402
+from flowmatch.paths.geodesic import GeodesicPath  # noqa: E402
+from flowmatch.solvers.riemannian import RiemannianODESolver  # noqa: E402
+from flowmatch.training.loss import cfm_loss  # noqa: E402
+
+
+class PeerModel(nn.Module):
+    """The same network, called the way the peer's solver calls it (keywords, scalar t)."""
+
+    def __init__(self, net: nn.Module, manifold) -> None:
+        super().__init__()
+        self.net, self.manifold = net, manifold
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        return self.manifold.proju(x, self.net(x, t))
+
+
+class OursModel(nn.Module):
+    def __init__(self, net: nn.Module, geometry) -> None:
+        super().__init__()
+        self.net, self.geometry = net, geometry
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.geometry.proju(x, self.net(x, t))
+
+
+def make_case(name: str, hidden: int, layers: int):
+    from flow_matching.utils.manifolds import FlatTorus as PeerTorus
+    from flow_matching.utils.manifolds import Sphere as PeerSphere
+
+    if name == "sphere":
+        g, pm = Sphere(3), PeerSphere()
+        net = AmbientField(3, 3, hidden=hidden, layers=layers)
+    else:
+        g, pm = FlatTorus(7), PeerTorus()
+        net = AmbientField(14, 7, hidden=hidden, layers=layers, features=angle_features)
+    return g, pm, net
+
+
+def run_case(case: str, hidden: int, layers: int, batch: int, blocks: int, train_steps: int,
+             n_sample: int, sample_steps: int):
+    """Time one geometry; returns (train steps/s, sampling s, agreement checks)."""
+    from flow_matching.path import GeodesicProbPath
+    from flow_matching.path.scheduler import CondOTScheduler as PeerCondOT
+    from flow_matching.solver import RiemannianODESolver as PeerSolver
+
+    g, pm, net = make_case(case, hidden, layers)
+    ours_model = OursModel(net, g)
+    peer_net = copy.deepcopy(net)  # identical initial weights, separate parameters
+    peer_model = PeerModel(peer_net, pm)
+    ours_path = GeodesicPath(g)
+    peer_path = GeodesicProbPath(PeerCondOT(), pm)
+    gen = torch.Generator().manual_seed(0)
+    data = g.sample_base(8192, generator=gen)  # synthetic data: speed only
+
+    # the two conditional paths must agree before their speed is compared
+    x0, x1 = g.sample_base(256, generator=gen), g.sample_base(256, generator=gen)
+    t = torch.rand(256, generator=gen)
+    a = ours_path.sample(x0, x1, t)
+    b = peer_path.sample(x_0=x0, x_1=x1, t=t)
+    agree_x = float(g.dist(a.x_t, b.x_t).max())
+    agree_u = float((a.dx_t - b.dx_t).abs().max())
+
+    opt_ours = torch.optim.Adam(ours_model.parameters(), lr=1e-4)
+    opt_peer = torch.optim.Adam(peer_model.parameters(), lr=1e-4)
+
+    def train_ours(n):
+        for _ in range(n):
+            x1 = data[torch.randint(0, data.shape[0], (batch,), generator=gen)]
+            x0 = g.sample_base(batch, generator=gen)
+            s = ours_path.sample(x0, x1, torch.rand(batch, generator=gen))
+            loss = cfm_loss(ours_model(s.x_t, s.t), s.dx_t, g, s.x_t)
+            opt_ours.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_ours.step()
+
+    def train_peer(n):
+        for _ in range(n):
+            x1 = data[torch.randint(0, data.shape[0], (batch,), generator=gen)]
+            x0 = g.sample_base(batch, generator=gen)
+            tb = torch.rand(batch, generator=gen)
+            s = peer_path.sample(x_0=x0, x_1=x1, t=tb)
+            loss = (peer_model(s.x_t, tb) - s.dx_t).pow(2).sum(-1).mean()
+            opt_peer.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_peer.step()
+
+    ours_solver = RiemannianODESolver(ours_model, g)
+    peer_solver = PeerSolver(pm, peer_model)
+    noise = g.sample_base(n_sample, generator=gen)
+
+    def sample_ours():
+        return ours_solver.sample(noise, method="midpoint", num_steps=sample_steps)
+
+    def sample_peer():
+        return peer_solver.sample(noise, step_size=1.0 / sample_steps, method="midpoint",
+                                  projx=True, proju=True)
+
+    # same weights → same samples (up to rounding): check once, before training diverges
+    agree_s = float(g.dist(sample_ours(), sample_peer()).max())
+    train_ours(2)
+    train_peer(2)  # warm-up (allocator, vmap tracing)
+    t_train = {"ours": [], "peer": []}
+    t_samp = {"ours": [], "peer": []}
+    for _ in range(blocks):
+        for who, fn in (("ours", train_ours), ("peer", train_peer)):
+            t0 = time.perf_counter()
+            fn(train_steps)
+            t_train[who].append(train_steps / (time.perf_counter() - t0))
+        for who, fn in (("ours", sample_ours), ("peer", sample_peer)):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                fn()
+            t_samp[who].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in t_train.items()}
+    meds = {k: statistics.median(v) for k, v in t_samp.items()}
+    return med, meds, (agree_x, agree_u, agree_s)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--data-dir", type=Path, default=None, help="unused (synthetic data)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=None, help="interleaved timing blocks")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    batch = args.batch or (512 if args.quick else 1024)
+    blocks = args.blocks or (3 if args.quick else 5)
+    train_steps = 10 if args.quick else 30
+    n_sample, sample_steps = (2048, 20) if args.quick else (4096, 100)
+
+    rows, table = [], []
+    for case in ("sphere", "torus"):
+        med, meds, agree = run_case(case, args.hidden, args.layers, batch, blocks, train_steps,
+                                    n_sample, sample_steps)
+        table.append((case, med, meds, *agree))
+        for who, system in (("ours", "flowmatch"), ("peer", "flow_matching")):
+            rows.append({"system": system, "metric": f"{case} train steps/s", "value": med[who],
+                         "unit": "steps/s", "better": "higher"})
+            rows.append({"system": system, "metric": f"{case} sampling time", "value": meds[who],
+                         "unit": "s", "better": "lower"})
+
+    print(f"Riemannian flow matching speed (threads {args.threads}, batch {batch}, model "
+          f"{args.layers}×{args.hidden} MLP, median of {blocks} interleaved blocks)")
+    print(f"{'geometry':10s}{'system':16s}{'train steps/s':>15s}{'×peer':>8s}"
+          f"{f'sample s ({n_sample}×{sample_steps} midpoint)':>34s}{'×peer':>8s}")
+    for case, med, meds, ax, au, as_ in table:
+        for who, system in (("peer", "flow_matching"), ("ours", "flowmatch")):
+            print(f"{case:10s}{system:16s}{med[who]:15.1f}{med[who] / med['peer']:8.2f}"
+                  f"{meds[who]:34.3f}{meds['peer'] / meds[who]:8.2f}")
+        print(f"{'':10s}paths agree: max dist(x_t) {ax:.1e}, max |Δu_t| {au:.1e}; "
+              f"samples agree: max dist {as_:.1e}")
+    print("(×peer: speed relative to flow_matching, > 1 is faster)")
+    out = {"benchmark": "riemannian_speed",
+           "config": {"quick": args.quick, "threads": args.threads, "batch": batch,
+                      "hidden": args.hidden, "layers": args.layers, "blocks": blocks,
+                      "train_steps_per_block": train_steps, "n_sample": n_sample,
+                      "sample_steps": sample_steps, "sampler": "projected midpoint",
+                      "agreement": {c: {"x_t": ax, "u_t": au, "samples": as_}
+                                    for c, _, _, ax, au, as_ in table},
+                      "command": "python benchmarks/riemannian_speed.py " + " ".join(
+                          argv if argv is not None else sys.argv[1:])},
+           "rows": rows}
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
