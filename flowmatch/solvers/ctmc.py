@@ -15,9 +15,10 @@ token jump independently:
   (first order). The two exponential clocks race: at most one jump per token and step.
 
 A jump to the token a token already holds changes nothing, so no per-token rate tensor is ever
-built: a step costs one softmax, one cumulative sum, one binary search and a few element-wise
-ops on top of the network (``torch.multinomial`` is ≈ 10–20× slower here; see
-``../shared/notes/machine-gotchas.md`` and ``benchmarks/discrete_2d.py``).
+built, and x̂₁ is drawn only for the tokens whose forward clock rang (it is independent of the
+clock): a step costs a few element-wise ops on all tokens plus one softmax, cumulative sum and
+binary search on the jumping ones, on top of the network (``torch.multinomial`` is ≈ 10–20×
+slower here; see ``../shared/notes/machine-gotchas.md`` and ``benchmarks/discrete_2d.py``).
 
 :func:`ctmc_step` is the pure step, for product solvers that advance several factors on one time
 grid; :class:`DiscreteSolver` runs it over a grid with a network.
@@ -163,15 +164,26 @@ def _step(x_t, logits, t, h, scheduler, space, *, eta, corrector, temperature, t
     k0, dk0 = _kappa(scheduler, t)
     b = source_jump_rate(k0, dk0, t, eta=eta, corrector=corrector)
     p_fwd, p_src = jump_probabilities(scheduler, t, h, b)
-    filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-    x1_hat = sample_categorical(filtered, generator=generator)
     if unmasking != "random":
+        filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        x1_hat = sample_categorical(filtered, generator=generator)
         # confidence is the network's own posterior probability, before any filtering
         return _confidence_unmask(x_t, logits, x1_hat, p_fwd, space, b, unmasking, generator)
-    if keep_unmasked and space.source == "mask":
-        x1_hat = torch.where(x_t == space.mask_token, x1_hat, x_t)
     u = torch.rand(x_t.shape, generator=generator, device=x_t.device)
-    x_next = torch.where(u < p_fwd, x1_hat, x_t)
+    jumps = u < p_fwd
+    if keep_unmasked and space.source == "mask":
+        jumps &= x_t == space.mask_token  # an unmasked token's x̂₁ is itself: nothing to draw
+    # x̂₁ is independent of u, so drawing it only where the forward clock rang gives the same
+    # law as drawing it everywhere — and with many steps few tokens ring in any one step
+    where = jumps.reshape(-1).nonzero().squeeze(1)
+    x_next = x_t.reshape(-1).clone()
+    if where.numel():
+        rows = logits.reshape(-1, logits.shape[-1]).index_select(0, where)
+        if torch.is_tensor(temperature):
+            temperature = temperature.expand(x_t.shape).reshape(-1).index_select(0, where)
+        rows = filter_logits(rows, temperature=temperature, top_k=top_k, top_p=top_p)
+        x_next[where] = sample_categorical(rows, generator=generator)
+    x_next = x_next.view_as(x_t)
     if p_src > 0.0:
         to_source = (u >= p_fwd) & (u < p_fwd + p_src)
         x_next = torch.where(to_source, _source_draw(space, x_t, generator), x_next)
