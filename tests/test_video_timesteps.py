@@ -134,6 +134,25 @@ def test_linear_mu_interpolates_and_token_count():
     assert ts.token_count((2, 16, 5, 7, 7), (1, 2, 2)) == 5 * 4 * 4
 
 
+def test_auto_shift_from_token_count_with_override():
+    # Wan-like latent [16, 21, 60, 104] with 1×2×2 patches: 32760 tokens
+    lat = (16, 21, 60, 104)
+    tokens = 21 * 30 * 52
+    kw = dict(base_seq_len=256, max_seq_len=4096, base_shift=0.5, max_shift=1.15)
+    assert ts.auto_shift(lat, patch_size=(1, 2, 2), **kw) == pytest.approx(
+        math.exp(ts.linear_mu(tokens, **kw)))
+    assert ts.auto_shift(lat, patch_size=(1, 2, 2), rule="opensora_v2") == pytest.approx(
+        ts.opensora_v2_shift(30 * 52, 21))
+    # more frames → larger shift; an explicit shift wins and is still checked
+    assert ts.auto_shift((16, 41, 60, 104), patch_size=(1, 2, 2), rule="opensora_v2") > \
+        ts.auto_shift(lat, patch_size=(1, 2, 2), rule="opensora_v2")
+    assert ts.auto_shift(lat, shift=5.0) == 5.0
+    with pytest.raises(ValueError, match="shift must be a finite number > 0"):
+        ts.auto_shift(lat, shift=-1.0)
+    with pytest.raises(ValueError, match="rule"):
+        ts.auto_shift(lat, rule="sqrt")
+
+
 def test_opensora_shifts():
     # 512² pixels and 17 frames: √1·√5
     assert ts.opensora_v12_shift(512, 512, 17) == pytest.approx(math.sqrt(5))

@@ -32,6 +32,7 @@ from flowmatch.plugins.video.data import GaussianVideo, bouncing_shapes
 from flowmatch.plugins.video.samplers import MultiBranchGuidance, VideoSampler, sample_video
 from flowmatch.plugins.video.scheduler import FlowMatchScheduler
 from flowmatch.plugins.video.timesteps import (
+    auto_shift,
     flow_sigmas,
     flow_time_grid,
     linear_mu,
@@ -46,7 +47,7 @@ from flowmatch.plugins.video.timesteps import (
 __all__ = [
     "DiffusionAsFlow", "FlowMatchScheduler", "FlowModelAsField", "GaussianVideo",
     "MultiBranchGuidance",
-    "VideoSampler", "bouncing_shapes", "concat_condition", "ddpm_alphas_cumprod",
+    "VideoSampler", "auto_shift", "bouncing_shapes", "concat_condition", "ddpm_alphas_cumprod",
     "diffusers_to_velocity", "extension_mask", "first_frame_mask", "first_last_mask",
     "flow_sigmas", "flow_time_grid", "frame_time_like", "generate_long", "last_frame_mask",
     "linear_mu", "loss_weight", "masked_mse", "opensora_v12_shift", "opensora_v2_shift",

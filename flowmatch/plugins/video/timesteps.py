@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "auto_shift",
     "diffusers_double_shift_sigmas",
     "flow_sigmas",
     "flow_time_grid",
@@ -139,6 +140,34 @@ def opensora_v2_shift(
     lin = linear_mu(seq_len, base_seq_len=base_seq_len, max_seq_len=max_seq_len,
                     base_shift=base_shift, max_shift=max_shift)
     return lin * math.sqrt(num_latent_frames)
+
+
+def auto_shift(
+    latent_shape: tuple[int, ...],
+    *,
+    patch_size: tuple[int, int, int] = (1, 1, 1),
+    rule: Literal["linear_mu", "opensora_v2"] = "linear_mu",
+    shift: float | None = None,
+    **rule_kwargs: float,
+) -> float:
+    """The static shift for a latent video from its token count, unless ``shift`` overrides it.
+
+    * ``linear_mu``: s = e^μ with μ = :func:`linear_mu` (all tokens; Flux/LTX form);
+    * ``opensora_v2``: :func:`opensora_v2_shift` of the tokens per latent frame and the number
+      of latent frames (√T' form).
+
+    ``rule_kwargs`` go to the rule (e.g. base_seq_len, max_shift). An explicit ``shift`` is
+    returned as given (after the s > 0 check): the user's choice wins over the heuristic.
+    """
+    if shift is not None:
+        return _check_shift(shift)
+    tokens = token_count(latent_shape, patch_size)
+    if rule == "linear_mu":
+        return math.exp(linear_mu(tokens, **rule_kwargs))
+    if rule == "opensora_v2":
+        frames = math.ceil(latent_shape[-3] / patch_size[0])
+        return opensora_v2_shift(tokens // frames, frames, **rule_kwargs)
+    raise ValueError(f"rule must be 'linear_mu' or 'opensora_v2', got {rule!r}")
 
 
 def resolve_shift(*, shift: float | None = None, mu: float | None = None) -> float:
