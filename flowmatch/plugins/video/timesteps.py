@@ -152,7 +152,9 @@ def auto_shift(
 ) -> float:
     """The static shift for a latent video from its token count, unless ``shift`` overrides it.
 
-    * ``linear_mu``: s = e^μ with μ = :func:`linear_mu` (all tokens; Flux/LTX form);
+    * ``linear_mu``: s = e^μ with μ = :func:`linear_mu` (all tokens; Flux/LTX form). The line
+      is extrapolated past max_seq_len as in Flux, and e^μ grows fast: with the Flux defaults
+      a Wan-sized latent (32760 tokens) gets s ≈ 404, so set the rule's lengths for your model;
     * ``opensora_v2``: :func:`opensora_v2_shift` of the tokens per latent frame and the number
       of latent frames (√T' form).
 
