@@ -237,3 +237,30 @@ def test_check_point_and_arguments():
     assert Hyperbolic(2).point_shape == (3,)
     assert Hyperbolic(2).sample_base((4, 5), dtype=torch.float64).shape == (4, 5, 3)
     assert Hyperbolic(2).metric_logdet(torch.zeros(4, 3)).shape == (4,)
+
+
+def test_roundtrip_table_against_geoopt(capsys):
+    """Print flowmatch vs geoopt.Lorentz on the round trip at small |u| (points of the base).
+
+    Only flowmatch's rows are asserted, against the documented bound (r ≤ ~4 here).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import geoopt
+    h, lor = Hyperbolic(2), geoopt.Lorentz()
+    x64 = h.sample_base((1000,), generator=generator(20), dtype=torch.float64)
+    v = unit_tangent(h, x64, 21)
+    radius = float(h.logmap_origin(x64).norm(dim=-1).max())
+    lines = [f"{'dtype':>8} {'|u|':>8} {'flowmatch':>11} {'geoopt':>11}"]
+    for dtype, eps in ((torch.float64, 2.0**-53), (torch.float32, 2.0**-24)):
+        x = x64.to(dtype)
+        for scale in (1e-6, 1e-4, 1e-2, 1.0):
+            u = (scale * v).to(dtype)
+            ours = float(relative_error(h.logmap(x, h.expmap(x, u)), u).max())
+            theirs = float(relative_error(lor.logmap(x, lor.expmap(x, u)), u).max())
+            lines.append(f"{str(dtype)[6:]:>8} {scale:8.0e} {ours:11.2e} {theirs:11.2e}")
+            assert ours <= roundtrip_bound(eps, radius, scale)
+    with capsys.disabled():
+        print(f"\nmax relative error of logmap(x, expmap(x, u)) on H², 1000 base points "
+              f"(radius ≤ {radius:.1f})")
+        print("\n".join(lines))

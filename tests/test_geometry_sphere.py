@@ -299,3 +299,17 @@ def test_maps_follow_input_dtype(dtype):
         assert out.dtype == dtype
     assert s.base_log_prob(x).shape == (5,)
     assert repr(s) == "Sphere(3)" and s.dim == 2
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_divergence_of_gradient_is_the_laplacian(n):
+    # With the induced metric the divergence of a tangent field is tr(J P), P = proju.
+    # For f(x) = x_k on S^{n-1}: grad f = P e_k and Δf = −(n − 1) x_k (a degree-1 harmonic).
+    s = Sphere(n)
+    x = points(s, 10, 11)
+    e = torch.zeros(n, dtype=torch.float64)
+    e[0] = 1.0
+    for xi in x:
+        jac = torch.func.jacrev(lambda p: s.proju(p, e))(xi)
+        proj = torch.func.jacrev(lambda a, xi=xi: s.proju(xi, a))(torch.zeros_like(xi))
+        assert float(torch.trace(jac @ proj)) == pytest.approx(-(n - 1) * float(xi[0]), abs=1e-12)
