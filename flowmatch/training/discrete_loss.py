@@ -27,7 +27,7 @@ from torch import Tensor
 
 from flowmatch._validation import validation_enabled
 from flowmatch.geometry.discrete import Discrete
-from flowmatch.paths.mixture import MixtureDiscretePath, posterior_log_probs
+from flowmatch.paths.mixture import MixtureDiscretePath
 
 
 def _check(logits: Tensor, x1: Tensor, x_t: Tensor, space: Discrete) -> None:
@@ -58,8 +58,13 @@ def discrete_cross_entropy(logits: Tensor, x1: Tensor, x_t: Tensor, space: Discr
     ``logits`` [*x1.shape, K]; ``x1`` data tokens; ``x_t`` the path sample (mask allowed).
     """
     _check(logits, x1, x_t, space)
-    logp = posterior_log_probs(logits, x_t, space, keep_unmasked=keep_unmasked)
+    logp = torch.log_softmax(logits, dim=-1)
     nll = -logp.gather(-1, x1.long().unsqueeze(-1)).squeeze(-1)
+    if keep_unmasked and space.source == "mask":
+        # the exact posterior δ(·, x_t) on unmasked tokens: 0 nats when x1 = x_t (always, on
+        # the mask path), +inf otherwise — gathered without building the [.., K] posterior
+        unmasked = x_t != space.mask_token
+        nll = torch.where(unmasked, torch.where(x1 == x_t, 0.0, float("inf")).to(nll.dtype), nll)
     return _reduce(nll, reduction)
 
 
@@ -77,7 +82,7 @@ def generalized_kl_loss(logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor,
     if validation_enabled() and bool((t >= 1).any() | (t < 0).any()):
         raise ValueError(f"t must lie in [0, 1) for the generalised KL, got range "
                          f"[{float(t.min()):g}, {float(t.max()):g}]")
-    logp = posterior_log_probs(logits, x_t, space, keep_unmasked=keep_unmasked)
+    logp = torch.log_softmax(logits, dim=-1)
     t_ = t.to(logp.dtype).reshape(-1, *([1] * (x1.dim() - 1)))
     weight = path.scheduler.d_kappa(t_) / (1 - path.scheduler.kappa(t_))
     same = x1 == x_t
@@ -86,6 +91,12 @@ def generalized_kl_loss(logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor,
     in_vocab = x_t < space.vocab_size
     p_xt = logp.gather(-1, x_t.clamp_max(space.vocab_size - 1).long().unsqueeze(-1)
                        ).squeeze(-1).exp() * in_vocab
+    if keep_unmasked and space.source == "mask":
+        # exact posterior δ(·, x_t) on unmasked tokens: p(x_t) = 1 and log p(x1) = 0 if x1 = x_t
+        unmasked = x_t != space.mask_token
+        p_xt = torch.where(unmasked, torch.ones_like(p_xt), p_xt)
+        log_p_x1 = torch.where(unmasked, torch.where(same, 0.0, float("-inf")).to(logp.dtype),
+                               log_p_x1)
     # where x1 == x_t the log term is absent; select it out so −inf·0 never appears
     log_term = torch.where(same, torch.zeros_like(log_p_x1), log_p_x1)
     per_token = -weight * (p_xt - same.to(logp.dtype) + log_term)
