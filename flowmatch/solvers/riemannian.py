@@ -268,6 +268,8 @@ class RiemannianODESolver:
         An identity projection (flat coordinates) lets it read the Jacobian diagonal instead.
         """
         g = self.geometry
+        if x.shape[0] == 0:
+            return "orthogonal"  # nothing to integrate; keep the general (projected) path
         xs = x[: min(8, x.shape[0])].detach()
         gen = torch.Generator(device=xs.device).manual_seed(0)
         a = torch.randn(xs.shape, generator=gen, dtype=xs.dtype, device=xs.device)
@@ -326,6 +328,8 @@ class RiemannianODESolver:
         counts = _steps_per_interval(grid, num_steps, step_size)
         tableau = _TABLEAUX[method]
         self.nfe = 0
+        if x1.shape[0] == 0:
+            return x1, x1.new_zeros((0,))
         kind = self._projection_kind(x1)
         if kind == "oblique":
             raise ValueError(
