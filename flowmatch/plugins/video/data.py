@@ -86,11 +86,14 @@ class GaussianVideo:
         if t.shape[-1] != self.T:
             raise ValueError(f"per-frame t has {t.shape[-1]} frames, the video has {self.T}")
         d = t.to(torch.float64).expand(x.shape[0], self.T)
+        if bool((d == d[:1]).all()):  # one schedule for the whole batch: solve once
+            d = d[:1]
         D, ImD = torch.diag_embed(d), torch.diag_embed(1 - d)
         C = D @ self.cov @ D + ImD @ ImD
         M = torch.linalg.solve(C, (self.cov @ D - ImD).transpose(1, 2)).transpose(1, 2)
         mu = self.mu[:, None, None]
         xc = x.to(torch.float64) - d[:, None, :, None, None] * mu
+        M = M.expand(x.shape[0], self.T, self.T)
         return (mu + self._apply(M, xc)).to(x.dtype)
 
     def conditional_moments(self, known: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
