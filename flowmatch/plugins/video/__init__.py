@@ -29,6 +29,7 @@ from flowmatch.plugins.video.conventions import (
     velocity_to_diffusers,
 )
 from flowmatch.plugins.video.data import GaussianVideo, bouncing_shapes
+from flowmatch.plugins.video.model import VideoVelocityNet
 from flowmatch.plugins.video.samplers import MultiBranchGuidance, VideoSampler, sample_video
 from flowmatch.plugins.video.scheduler import FlowMatchScheduler
 from flowmatch.plugins.video.timesteps import (
@@ -46,8 +47,8 @@ from flowmatch.plugins.video.timesteps import (
 
 __all__ = [
     "DiffusionAsFlow", "FlowMatchScheduler", "FlowModelAsField", "GaussianVideo",
-    "MultiBranchGuidance",
-    "VideoSampler", "auto_shift", "bouncing_shapes", "concat_condition", "ddpm_alphas_cumprod",
+    "MultiBranchGuidance", "VideoSampler", "VideoVelocityNet", "auto_shift", "bouncing_shapes",
+    "concat_condition", "ddpm_alphas_cumprod",
     "diffusers_to_velocity", "extension_mask", "first_frame_mask", "first_last_mask",
     "flow_sigmas", "flow_time_grid", "frame_time_like", "generate_long", "last_frame_mask",
     "linear_mu", "loss_weight", "masked_mse", "opensora_v12_shift", "opensora_v2_shift",
