@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from flowmatch._validation import check_finite, validation_enabled
+from flowmatch.geometry._numerics import safe_sqrt
 
 
 def _as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -35,6 +36,8 @@ class Geometry:
     is_discrete: bool = False
     """True for token spaces (no exponential map; a product solver jumps instead of flowing)."""
     atol: float = 1e-5
+    point_rule: str = "on the manifold"
+    """The constraint ``check_point`` names in its error (e.g. "‖x‖ = 1")."""
     """Tolerance of ``check_point`` in float32; ``check_point`` uses 1e3 × ε in other dtypes."""
 
     # -- maps --------------------------------------------------------------------------
@@ -59,8 +62,8 @@ class Geometry:
         raise NotImplementedError(f"{type(self).__name__} does not define inner")
 
     def norm(self, x: Tensor, u: Tensor) -> Tensor:
-        """Riemannian norm |u|_x, shape [...]."""
-        return self.inner(x, u, u).clamp_min(0).sqrt()
+        """Riemannian norm |u|_x, shape [...] (gradient 0, not NaN, at u = 0)."""
+        return safe_sqrt(self.inner(x, u, u))
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
         """Geodesic distance, shape [...]."""
@@ -119,9 +122,10 @@ class Geometry:
         tol = self.tolerance(x.dtype)
         err = self.point_error(x)
         if err.numel() and float(err.max()) > tol:
+            worst = int(err.flatten().argmax())
             raise ValueError(
-                f"{name} must lie on {self}: deviation ≤ {tol:g}, but the largest deviation is "
-                f"{float(err.max()):.2e}"
+                f"{name} must lie on {self} ({self.point_rule}, tolerance {tol:g}), but the "
+                f"largest deviation is {float(err.max()):.2e} (at flat batch index {worst})"
             )
 
     def check_tangent(self, x: Tensor, u: Tensor, name: str = "u") -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from flowmatch.geometry._numerics import safe_sqrt
 from flowmatch.geometry.base import Geometry, _as_shape, gaussian_log_prob
 
 
@@ -47,7 +48,7 @@ class Euclidean(Geometry):
         return self._event_sum(u * (u if v is None else v))
 
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
-        return self._event_sum((y - x).pow(2)).sqrt()
+        return safe_sqrt(self._event_sum((y - x).pow(2)))
 
     def point_error(self, x: Tensor) -> Tensor:
         return torch.zeros(x.shape[: x.dim() - len(self.point_shape)], dtype=x.dtype,

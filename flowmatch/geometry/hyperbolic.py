@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from flowmatch._validation import check_finite, validation_enabled
+from flowmatch.geometry._numerics import safe_norm, sinhc
 from flowmatch.geometry.base import Geometry, _as_shape
-from flowmatch.geometry.sphere import deviation_error, safe_norm, sinhc
 
 
 def minkowski(u: Tensor, v: Tensor, keepdim: bool = False) -> Tensor:
@@ -83,6 +83,8 @@ class Hyperbolic(Geometry):
     T_oHⁿ pushed through exp_o. With r = |v|, its density w.r.t. the Riemannian volume is
     N(v; 0, σ² I) · (r / sinh r)^{n−1}, the second factor being the inverse volume change of exp_o.
     """
+
+    point_rule = "x₀ = sqrt(1 + ‖x_s‖²) > 0, relative"
 
     atol = 1e-5
 
@@ -205,9 +207,6 @@ class Hyperbolic(Geometry):
         """|x₀ − sqrt(1 + ‖x_s‖²)| / x₀-scale: relative, since float rounding of x is relative."""
         target = torch.sqrt(1 + x[..., 1:].pow(2).sum(-1))
         return (x[..., 0] - target).abs() / target
-
-    def check_point(self, x: Tensor, name: str = "x") -> None:
-        deviation_error(self, x, name, "x₀ = sqrt(1 + ‖x_s‖²) > 0, relative")
 
     def __repr__(self) -> str:
         extra = "" if self.base_scale == 1.0 else f", base_scale={self.base_scale:g}"

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from flowmatch.geometry._numerics import safe_sqrt
 from flowmatch.geometry.base import Geometry
 
 Point = dict[str, Tensor]
@@ -100,13 +101,13 @@ class Product(Geometry):
         return self._sum(self.inner_per_factor(x, u, v))
 
     def norm(self, x, u):
-        return _safe_sqrt(self.inner(x, u, u))
+        return safe_sqrt(self.inner(x, u, u))
 
     def dist_per_factor(self, x, y) -> Point:
         return {k: g.dist(x[k], y[k]) for k, g in self.factors.items()}
 
     def dist(self, x, y):
-        return _safe_sqrt(self._sum({k: d.pow(2) for k, d in self.dist_per_factor(x, y).items()}))
+        return safe_sqrt(self._sum({k: d.pow(2) for k, d in self.dist_per_factor(x, y).items()}))
 
     def metric_logdet(self, x):
         return self._sum({k: g.metric_logdet(x[k]) for k, g in self.continuous_factors.items()})
@@ -157,13 +158,6 @@ class Product(Geometry):
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={g!r}" for k, g in self.factors.items())
         return f"Product({inner})"
-
-
-def _safe_sqrt(sq: Tensor) -> Tensor:
-    """sqrt(max(sq, 0)) with gradient 0, not NaN, where sq = 0 (dist(x, x), a zero tangent)."""
-    positive = sq > 0
-    return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(),
-                       torch.zeros_like(sq))
 
 
 def map_points(fn, *points: Mapping[str, Tensor] | Tensor, keys: Sequence[str] | None = None):

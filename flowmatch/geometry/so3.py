@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from flowmatch.geometry._numerics import atan_ratio, safe_norm, sinc
 from flowmatch.geometry.base import Geometry, _as_shape
-from flowmatch.geometry.sphere import atan_ratio, deviation_error, safe_norm, sinc
 
 
 def hat(w: Tensor) -> Tensor:
@@ -66,6 +66,8 @@ class SO3(Geometry):
     vol(SO(3)) = 8π² in this metric (SO(3) is the 3-sphere of radius 2 modulo ±1), so
     log p = −log 8π².
     """
+
+    point_rule = "RᵀR = I and det R = +1"
 
     atol = 1e-5
     point_shape = (3, 3)
@@ -153,9 +155,6 @@ class SO3(Geometry):
         eye = torch.eye(3, dtype=x.dtype, device=x.device)
         orth = (x.transpose(-1, -2) @ x - eye).abs().amax((-1, -2))
         return torch.maximum(orth, (torch.linalg.det(x) - 1).abs())
-
-    def check_point(self, x: Tensor, name: str = "x") -> None:
-        deviation_error(self, x, name, "RᵀR = I and det R = +1")
 
     def __repr__(self) -> str:
         return "SO3()"

@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 from flowmatch._validation import check_finite, validation_enabled
+from flowmatch.geometry._numerics import safe_norm
 from flowmatch.geometry.base import Geometry, _as_shape
 from flowmatch.geometry.hyperbolic import log_sinhc
-from flowmatch.geometry.sphere import safe_norm
 
 
 def _sym(m: Tensor) -> Tensor:

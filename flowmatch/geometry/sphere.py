@@ -18,7 +18,7 @@ logmap(x, expmap(x, u)) is off by more than 100 % at |u| = 1e-4, and flow_matchi
 ≈ 4 × at |u| ≤ 1e-4 and NaN in dist(x, x) for a few % of points (printed side by side by
 ``pytest -s tests/test_geometry_sphere.py -k table``).
 
-The small helpers at the top are shared with the other Riemannian geometries of this package.
+The numerical helpers live in :mod:`flowmatch.geometry._numerics`.
 """
 
 from __future__ import annotations
@@ -28,69 +28,8 @@ import math
 import torch
 from torch import Tensor
 
-from flowmatch._validation import check_finite
+from flowmatch.geometry._numerics import atan_ratio, safe_norm, sinc
 from flowmatch.geometry.base import Geometry, _as_shape
-
-# Below this argument the even functions are evaluated by their Taylor series. The first omitted
-# term is O(x⁸) relative, < 1e-16 at x = 1e-2, so the switch is invisible even in float64; above
-# it the direct quotients lose ~ε/x² only in their *derivative*, which the maps multiply by |u|.
-SERIES_CUTOFF = 1e-2
-
-
-def safe_norm(u: Tensor, dim: int | tuple[int, ...] = -1, keepdim: bool = False) -> Tensor:
-    """Euclidean norm, exact in value, whose gradient is 0 (not NaN) at u = 0."""
-    sq = u.pow(2).sum(dim=dim, keepdim=keepdim)
-    positive = sq > 0
-    return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(),
-                       torch.zeros_like(sq))
-
-
-def sinc(x: Tensor) -> Tensor:
-    """sin(x)/x (x an angle, unlike ``torch.sinc``), 1 with zero derivative at x = 0."""
-    small = x.abs() < SERIES_CUTOFF
-    xs = torch.where(small, torch.ones_like(x), x)
-    x2 = x * x
-    series = 1 - x2 / 6 * (1 - x2 / 20 * (1 - x2 / 42))
-    return torch.where(small, series, torch.sin(xs) / xs)
-
-
-def sinhc(x: Tensor) -> Tensor:
-    """sinh(x)/x, 1 with zero derivative at x = 0."""
-    small = x.abs() < SERIES_CUTOFF
-    xs = torch.where(small, torch.ones_like(x), x)
-    x2 = x * x
-    series = 1 + x2 / 6 * (1 + x2 / 20 * (1 + x2 / 42))
-    return torch.where(small, series, torch.sinh(xs) / xs)
-
-
-def atan_ratio(n: Tensor, c: Tensor) -> Tensor:
-    """atan2(n, c) / n for n ≥ 0: the factor turning w into θ w/|w|.
-
-    Near n = 0 with c > 0 it is the series of atan(s)/s, s = n/c (limit 1/c). At n = 0 with
-    c ≤ 0 (the cut locus) the ratio is infinite; there it returns atan2(1, c), a finite stand-in
-    that callers must replace (it only keeps NaN out of gradients).
-    """
-    c_pos = torch.where(c > 0, c, torch.ones_like(c))
-    s = n / c_pos
-    small = (c > 0) & (s < SERIES_CUTOFF)
-    s2 = s * s
-    series = (1 - s2 * (1 / 3 - s2 * (1 / 5 - s2 / 7))) / c_pos
-    n_safe = torch.where(small | (n <= 0), torch.ones_like(n), n)
-    return torch.where(small, series, torch.atan2(n_safe, c) / n_safe)
-
-
-def deviation_error(geometry: Geometry, x: Tensor, name: str, rule: str) -> None:
-    """``check_point`` body shared by the geometries: shape, finiteness, then ``rule``."""
-    geometry.check_shape(name, x)
-    check_finite(name, x)
-    tol = geometry.tolerance(x.dtype)
-    err = geometry.point_error(x)
-    if err.numel() and float(err.max()) > tol:
-        worst = int(err.flatten().argmax())
-        raise ValueError(
-            f"{name} must lie on {geometry} ({rule}, tolerance {tol:g}), but the largest "
-            f"deviation is {float(err.max()):.2e} (at flat batch index {worst})"
-        )
 
 
 class Sphere(Geometry):
@@ -110,6 +49,8 @@ class Sphere(Geometry):
     The base distribution is uniform w.r.t. the Riemannian volume: log p = −log vol(S^{n−1}),
     vol(S^{n−1}) = 2 π^{n/2} / Γ(n/2) (4π for S² in R³).
     """
+
+    point_rule = "‖x‖ = 1"
 
     atol = 1e-5
 
@@ -189,9 +130,6 @@ class Sphere(Geometry):
     # -- validation --------------------------------------------------------------------
     def point_error(self, x: Tensor) -> Tensor:
         return (torch.linalg.vector_norm(x, dim=-1) - 1).abs()
-
-    def check_point(self, x: Tensor, name: str = "x") -> None:
-        deviation_error(self, x, name, "‖x‖ = 1")
 
     def __repr__(self) -> str:
         return f"Sphere({self.n})"

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from flowmatch.geometry._numerics import safe_norm
 from flowmatch.geometry.base import Geometry, _as_shape
-from flowmatch.geometry.sphere import deviation_error, safe_norm
 
 
 class FlatTorus(Geometry):
@@ -92,8 +92,9 @@ class FlatTorus(Geometry):
         """How far the coordinates stray outside [0, p] (0 inside), max over coordinates."""
         return torch.maximum(-x, x - self.period).clamp_min(0).amax(-1)
 
-    def check_point(self, x: Tensor, name: str = "x") -> None:
-        deviation_error(self, x, name, f"every coordinate in [0, {self.period:g})")
+    @property
+    def point_rule(self) -> str:
+        return f"every coordinate in [0, {self.period:g})"
 
     def __repr__(self) -> str:
         extra = "" if self.period == 2 * math.pi else f", period={self.period:g}"
