@@ -92,3 +92,22 @@ def test_product_rejects_missing_or_extra_factors():
         prod.check_point({"a": torch.zeros(1, 2)})
     with pytest.raises(TypeError, match="Geometry"):
         Product(a=Euclidean(2), b="sphere")
+
+
+def test_euclidean_dist_and_norm_have_finite_gradients_at_zero():
+    g = Euclidean(3)
+    x = torch.randn(4, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad(g.dist(x, x.detach()).sum(), x)
+    assert bool(torch.isfinite(grad).all())
+    u = torch.zeros(4, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad(g.norm(x.detach(), u).sum(), u)
+    assert bool(torch.isfinite(grad).all())
+
+
+def test_check_point_names_the_rule_and_the_worst_index():
+    from flowmatch.geometry import Sphere
+
+    x = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
+    x[3] *= 1.1
+    with pytest.raises(ValueError, match=r"‖x‖ = 1.*index 3"):
+        Sphere(3).check_point(x)
