@@ -25,8 +25,8 @@ _SCHEDULES = ("constant", "cosine", "linear")
 _FORMAT = "flowmatch.fit/1"
 # training settings a resumed run must share with the checkpoint, or the continuation would not
 # be the run the user asked for
-_RESUME_KEYS = ("steps", "batch_size", "lr", "weight_decay", "ema_decay", "lr_schedule",
-                "warmup_steps", "seed", "cond_dropout")
+_RESUME_KEYS = ("steps", "batch_size", "lr", "weight_decay", "ema_decay", "ema_warmup",
+                "lr_schedule", "warmup_steps", "seed", "cond_dropout")
 
 
 @dataclass
@@ -80,6 +80,7 @@ def fit(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     ema_decay: float | None = 0.999,
+    ema_warmup: bool = True,
     grad_clip: float | None = None,
     lr_schedule: str = "cosine",
     warmup_steps: int = 0,
@@ -113,7 +114,9 @@ def fit(
         steps, batch_size: number of optimiser updates and samples per update.
         lr, weight_decay: AdamW settings. ``lr_schedule`` is "constant", "cosine" (to 0) or
             "linear" (to 0), after ``warmup_steps`` of linear warm-up.
-        ema_decay: decay of the parameter EMA (None: no EMA).
+        ema_decay, ema_warmup: decay of the parameter EMA (None: no EMA); with warm-up the k-th
+            update uses min(ema_decay, (1 + k) / (10 + k)) so that short runs do not keep a
+            large weight on the random initialisation (0.999^1000 ≈ 0.37 without it).
         grad_clip: clip the global gradient norm to this value (None: no clipping).
         cond_dropout, null_cond: for conditional data, replace cond by ``null_cond`` (default
             ``model.null_cond``) with this probability, for classifier-free guidance.
@@ -170,11 +173,12 @@ def fit(
     time_sampler = time_sampler or UniformTime()
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    ema = EMA(model, ema_decay) if ema_decay is not None else None
+    ema = EMA(model, ema_decay, warmup=ema_warmup) if ema_decay is not None else None
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     config = {"steps": steps, "batch_size": batch_size, "lr": float(lr),
               "weight_decay": float(weight_decay), "ema_decay": ema_decay,
+              "ema_warmup": bool(ema_warmup),
               "lr_schedule": lr_schedule, "warmup_steps": warmup_steps, "seed": seed,
               "cond_dropout": float(cond_dropout)}
 

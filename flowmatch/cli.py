@@ -1,0 +1,214 @@
+"""The ``flowmatch`` command line: built-in subcommands plus plugin subcommands.
+
+Only argparse is imported at start-up; each subcommand imports what it needs when it runs, so
+``flowmatch --help`` stays fast. Plugins add subcommands through the entry-point group
+``flowmatch.plugins``: the entry point names a module (or an object) with a
+``register_cli(subparsers)`` function (or is that function), which adds parsers and sets
+``func`` (a callable taking the parsed arguments and returning an exit code or None) with
+``set_defaults``. Plugins are loaded only when the command line asks for something that is not
+built in (a plugin command, or the help listing); one that fails to load is reported with a
+warning and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+PLUGIN_GROUP = "flowmatch.plugins"
+DEMO_DATASETS = ("checkerboard", "8gaussians", "moons", "spirals")
+"""Names of ``flowmatch.data.TOY_DATASETS``, listed here so --help needs no torch import."""
+
+
+# -- demo -------------------------------------------------------------------------------------
+def _add_demo(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="train a 2D flow on a toy data set in seconds and plot its samples",
+        description="Train an MLP velocity field by flow matching on a 2D toy distribution, "
+        "sample it with the midpoint ODE solver, report the Wasserstein-2 distance to fresh "
+        "data and write a PNG of samples next to data.",
+    )
+    p.add_argument("--dataset", choices=DEMO_DATASETS, default="checkerboard")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="training updates")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--hidden", type=_positive_int, default=256, help="MLP width")
+    p.add_argument("--layers", type=_positive_int, default=4, help="MLP hidden layers")
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--samples", type=_positive_int, default=2000,
+                   help="samples drawn for the plot and the W2 estimate")
+    p.add_argument("--ode-steps", type=_positive_int, default=50,
+                   help="midpoint steps of the sampler (2 field evaluations each)")
+    p.add_argument("--out", default="demo.png", help="where to write the PNG")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="hide the training progress bar")
+    p.set_defaults(func=_run_demo)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _w2_assignment(a: Any, b: Any) -> float:
+    """Exact W2 between two equal-size point clouds (optimal assignment on squared distances).
+
+    POT's network simplex (``ot.emd2``) when POT is installed — about 9× faster than scipy's
+    assignment solver at 2,000 points — and ``scipy.optimize.linear_sum_assignment`` otherwise;
+    both solve the same linear program exactly.
+    """
+    import numpy as np
+    import torch
+
+    cost = torch.cdist(a.double().cpu(), b.double().cpu()).pow(2).numpy()
+    try:
+        import ot
+    except ImportError:
+        from scipy.optimize import linear_sum_assignment
+
+        rows, cols = linear_sum_assignment(cost)
+        return float(np.sqrt(cost[rows, cols].mean()))
+    w = np.full(len(cost), 1.0 / len(cost))
+    return float(np.sqrt(ot.emd2(w, w, cost, numItermax=10**7)))
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from flowmatch.data import get_toy_dataset
+    from flowmatch.models import MLP
+    from flowmatch.paths import CondOTPath
+    from flowmatch.solvers import ODESolver
+    from flowmatch.training import fit
+
+    started = time.perf_counter()
+    device = torch.device(args.device)
+    data = get_toy_dataset(args.dataset)
+    torch.manual_seed(args.seed)  # the network's initialisation
+    model = MLP(2, hidden=args.hidden, layers=args.layers).to(device)
+    result = fit(model, data.sample, CondOTPath(), steps=args.steps, batch_size=args.batch_size,
+                 lr=args.lr, ema_decay=0.99, lr_schedule="cosine", warmup_steps=0,
+                 seed=args.seed, progress=not args.no_progress, device=device)
+    trained = time.perf_counter()
+
+    generator = torch.Generator(device=device).manual_seed(args.seed + 1)
+    x0 = torch.randn(args.samples, 2, generator=generator, device=device)
+    with torch.no_grad():
+        samples = ODESolver(result.ema_model).sample(x0, method="midpoint",
+                                                     num_steps=args.ode_steps)
+    fresh = data.sample(args.samples, generator)
+    other = data.sample(args.samples, generator)
+    w2 = _w2_assignment(samples, fresh)
+    # empirical W2 at finite n is biased upwards by sampling noise, so print what two fresh data
+    # sets of the same size score, and what the untransformed source scores
+    floor = _w2_assignment(other, fresh)
+    noise = _w2_assignment(x0, fresh)
+    extra = ""
+    if args.dataset == "checkerboard":
+        on = float(torch.isfinite(data.log_prob(samples)).float().mean())
+        on_noise = float(torch.isfinite(data.log_prob(x0)).float().mean())
+        extra = f"; {100 * on:.0f}% of samples on the dark squares (source: {100 * on_noise:.0f}%)"
+
+    _plot(fresh.cpu(), samples.cpu(), args, w2)
+    print(
+        f"{args.dataset}: W2(samples, data) = {w2:.3f} (data vs data: {floor:.3f}, source "
+        f"noise: {noise:.3f}, n = {args.samples}){extra}; trained {args.steps} steps in "
+        f"{trained - started:.1f} s, total {time.perf_counter() - started:.1f} s; "
+        f"wrote {args.out}"
+    )
+    return 0
+
+
+def _plot(data: Any, samples: Any, args: argparse.Namespace, w2: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    both = list(data.abs().max(0).values) + list(samples.abs().max(0).values)
+    lim = min(float(max(both)) * 1.05, 8.0)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+    for ax, pts, title in ((axes[0], data, f"data ({args.dataset})"),
+                           (axes[1], samples, f"flow samples (W2 = {w2:.3f})")):
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, linewidths=0)
+        ax.set_title(title)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+    fig.suptitle(f"flowmatch demo: {args.steps} training steps, midpoint × {args.ode_steps}")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=100)
+    plt.close(fig)
+
+
+# -- plugins ----------------------------------------------------------------------------------
+def _plugin_entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=PLUGIN_GROUP))
+
+
+def _load_plugins(subparsers: Any) -> None:
+    for ep in _plugin_entry_points():
+        try:
+            obj = ep.load()
+            register: Callable[[Any], None] | None = getattr(obj, "register_cli", None)
+            if register is None and callable(obj) and not isinstance(obj, type):
+                register = obj
+            if register is None:
+                continue  # a plugin without CLI commands
+            register(subparsers)
+        except Exception as err:  # a broken plugin must not take the whole CLI down
+            warnings.warn(
+                f"flowmatch plugin {ep.name!r} ({ep.value}) could not be loaded and is skipped: "
+                f"{type(err).__name__}: {err}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+# -- entry point ------------------------------------------------------------------------------
+BUILTIN_COMMANDS = ("demo",)
+
+
+def build_parser(*, with_plugins: bool = True) -> argparse.ArgumentParser:
+    """The full argument parser (with plugin subcommands unless ``with_plugins=False``)."""
+    from flowmatch import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="flowmatch",
+        description="Flow matching on general manifolds. Run `flowmatch demo` for a quick "
+        "2D example.",
+    )
+    parser.add_argument("--version", action="version", version=f"flowmatch {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo(subparsers)
+    if with_plugins:
+        _load_plugins(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # plugins are imported only when the command is not a built-in one (or help is wanted)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(with_plugins=command not in BUILTIN_COMMANDS)
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 1
+    code = func(args)
+    return 0 if code is None else int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
