@@ -294,7 +294,9 @@ class DiscreteSolver:
         The grid defaults to [0, 1]; ``num_steps`` (over the whole span) or ``step_size``
         subdivide each interval of ``time_grid`` uniformly. With ``return_intermediates`` the
         result is stacked at the ``time_grid`` points, shape [len(time_grid), *x0.shape];
-        otherwise it is x at the last grid time. ``cond`` goes to the network verbatim.
+        otherwise it is x at the last grid time. ``eta``, ``corrector``, ``temperature``,
+        ``top_k``, ``top_p``, ``keep_unmasked`` and ``unmasking`` are those of
+        :func:`ctmc_step`. ``cond`` goes to the network verbatim.
         """
         space = self.space
         space.check_point(x0, "x0")
