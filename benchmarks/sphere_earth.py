@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     hidden = args.hidden or (64 if args.quick else 256)
     layers = args.layers or (3 if args.quick else 4)
     batch = args.batch or (256 if args.quick else 512)
-    eval_steps = args.eval_steps or (20 if args.quick else 50)
+    eval_steps = args.eval_steps or (10 if args.quick else 50)
     earth_dir = args.data_dir / "sphere" / "earth"
     if not earth_dir.is_dir():
         sys.exit(f"earth data not found under {earth_dir} (pass --data-dir)")
@@ -237,9 +237,10 @@ def main(argv: list[str] | None = None) -> dict:
             flow.append(float(flow_nll(g, field, x[te], method="rk4",
                                        num_steps=eval_steps).mean()))
             if seed == 0 and args.plot is not None:
-                n_lat, n_lon = (36, 72) if args.quick else (90, 180)
+                # the map is an illustration: a coarser grid and fewer steps than the NLL
+                n_lat, n_lon = (24, 48) if args.quick else (45, 90)
                 maps[name] = density_map(g, field, n_lat, n_lon, method="rk4",
-                                         num_steps=eval_steps)
+                                         num_steps=max(5, eval_steps // 4))
                 test_points[name] = unit_to_latlon(x[te].double())
             print(f"  {name} seed {seed}: flow {flow[-1]:.3f}  vMF-KDE {k_nll:.3f} "
                   f"(κ={k:.3g})  train CPU {c:.0f}s", flush=True)
