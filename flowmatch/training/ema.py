@@ -31,34 +31,54 @@ class EMA(nn.Module):
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        # a Python mirror of num_updates, so the warm-up decay needs no device synchronisation
+        self._count = 0
+        self.register_load_state_dict_post_hook(_sync_count)
 
     def current_decay(self) -> float:
         """The decay the next ``update()`` will use."""
         if not self.warmup:
             return self.decay
-        k = int(self.num_updates) + 1
+        k = self._count + 1
         return min(self.decay, (1.0 + k) / (10.0 + k))
+
+    def _tensors(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        # walking the module tree costs more than the update itself for small models, so the
+        # live tensor lists are cached for the model seen last (training updates one model)
+        cached = getattr(self, "_cache", None)
+        if cached is None or cached[0] is not model:
+            # the Parameter objects themselves, not detached views: .to() swaps their storage
+            live_p = list(model.parameters())
+            live_b = list(model.buffers())
+            shadow_p, shadow_b = list(self.module.parameters()), list(self.module.buffers())
+            if len(shadow_p) != len(live_p) or len(shadow_b) != len(live_b):
+                raise ValueError(
+                    f"model has {len(live_p)} parameters and {len(live_b)} buffers but the EMA "
+                    f"tracks {len(shadow_p)} and {len(shadow_b)}; is it the model the EMA was "
+                    "built from?"
+                )
+            self._cache = cached = (model, live_p, live_b, shadow_p, shadow_b)
+        return cached[1:]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the shadow parameters towards ``model``'s current ones."""
         d = self.current_decay()
-        shadow = list(self.module.parameters())
-        live = list(model.parameters())
-        if len(shadow) != len(live):
-            raise ValueError(
-                f"model has {len(live)} parameters but the EMA tracks {len(shadow)}; "
-                "is it the model the EMA was built from?"
-            )
-        if shadow:
+        live_p, live_b, shadow_p, shadow_b = self._tensors(model)
+        if shadow_p:
             # lerp(θ̄, θ, 1 − d) = θ̄ + (1 − d)(θ − θ̄) = d θ̄ + (1 − d) θ, one fused kernel
-            torch._foreach_lerp_(shadow, [p.detach() for p in live], 1.0 - d)
-        for b_shadow, b_live in zip(self.module.buffers(), model.buffers(), strict=True):
+            torch._foreach_lerp_(shadow_p, live_p, 1.0 - d)
+        for b_shadow, b_live in zip(shadow_b, live_b, strict=True):
             b_shadow.copy_(b_live)
-        self.num_updates += 1
+        self._count += 1
+        self.num_updates.fill_(self._count)
 
     def forward(self, *args, **kwargs):  # noqa: D401 - delegates to the averaged model
         return self.module(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"decay={self.decay:g}, warmup={self.warmup}"
+
+
+def _sync_count(module: EMA, incompatible_keys: object) -> None:
+    module._count = int(module.num_updates)
