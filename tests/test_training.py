@@ -266,6 +266,24 @@ def test_fit_is_deterministic_given_the_seed():
     assert other != runs[0]
 
 
+def test_fit_in_float64_with_a_custom_time_sampler():
+    data = EightGaussians()
+    seen = []
+
+    def sampler(n, *, generator, device, dtype):
+        t = LogitNormalTime(mean=0.5)(n, generator=generator, device=device, dtype=dtype)
+        seen.append(t.dtype)
+        return t
+
+    torch.manual_seed(0)
+    result = fit(MLP(2, 16, 2), data.sample, CondOTPath(), steps=5, batch_size=8,
+                 dtype=torch.float64, time_sampler=sampler, progress=False)
+    assert seen == [torch.float64] * 5
+    assert all(p.dtype == torch.float64 for p in result.model.parameters())
+    assert all(p.dtype == torch.float64 for p in result.ema_model.parameters())
+    assert not result.model.training  # handed back in eval mode
+
+
 def test_ot_coupling_lowers_the_regression_loss():
     # With minibatch OT the conditional targets x1 − x0 vary less at a given x_t, so the
     # achievable loss (the conditional variance) is much lower than with independent pairs.

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from flowmatch._validation import check_finite, no_validation
 from flowmatch.geometry.base import Geometry
+from flowmatch.models.guidance import drop_condition
 from flowmatch.paths.base import ProbPath
 from flowmatch.training.checkpoint import load_checkpoint, save_checkpoint
 from flowmatch.training.ema import EMA
@@ -237,8 +238,6 @@ def fit(
         if cond is not None:
             cond = cond.to(device)
             if cond_dropout > 0:
-                from flowmatch.models.guidance import drop_condition
-
                 cond = drop_condition(cond, cond_dropout, null_cond, generator=generator)
             kwargs["cond"] = cond
         return x0, x1, t, kwargs
