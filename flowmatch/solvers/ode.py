@@ -214,8 +214,10 @@ def integrate_explicit_rk(
     flagged in ``keep`` (the first node's state is y0 itself) and the number of evaluations.
     """
     n = nodes.shape[0] - 1
-    t_node = nodes[:, None].expand(n + 1, batch)
-    t_mid = ((nodes[:-1] + nodes[1:]) * 0.5)[:, None].expand(n, batch)
+    # all stage times as stride-0 [B] views, made up front so the loop allocates no times
+    t_node = nodes[:, None].expand(n + 1, batch).unbind(0)
+    if method != "euler":
+        t_mid = ((nodes[:-1] + nodes[1:]) * 0.5)[:, None].expand(n, batch).unbind(0)
     hs = (nodes[1:] - nodes[:-1]).tolist()
     out = [y0] if keep[0] else []
     y = y0
@@ -318,8 +320,8 @@ class ODESolver:
                 field, batch = self.field, x0.shape[0]
                 keep = (grid_flags(nodes, grid) if return_intermediates
                         else [False] * (nodes.shape[0] - 1) + [True])
-                out, self.nfe = integrate_explicit_rk(
-                    lambda x, t: field(x, t, **cond), x0, nodes, keep, method, batch)
+                f = field if not cond else lambda x, t: field(x, t, **cond)
+                out, self.nfe = integrate_explicit_rk(f, x0, nodes, keep, method, batch)
                 if not return_intermediates:
                     return out[-1]
                 return torch.stack(out, dim=0)
