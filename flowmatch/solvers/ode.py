@@ -5,14 +5,17 @@ along a time grid (t = 0 is the source/noise, t = 1 the data; decreasing grids i
 backwards, data → noise). ``ODESolver.log_likelihood`` integrates the flow together with the
 instantaneous change of variables (Chen et al., 2018),
 
-    d/dt log p_t(x_t) = −div u(x_t, t),   so   log p_1(x_1) = log p_0(x_0) − ∫_0^1 div u(x_t, t) dt,
+    d/dt log p_t(x_t) = −div u(x_t, t),
+    so  log p_1(x_1) = log p_0(x_0) − ∫_0^1 div u(x_t, t) dt,
 
 from t = 1 down to t = 0 (see :mod:`flowmatch.solvers.likelihood`).
 
 Fixed-grid methods ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams",
 "implicit_adams") take one step per grid interval unless ``step_size`` or ``num_steps`` is
 given; adaptive ones ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun") choose their
-own steps from ``atol``/``rtol`` and report their states at the grid points.
+own steps from ``atol``/``rtol`` and report their states at the grid points. "euler",
+"midpoint" and "rk4" (the classical tableau) run in a lean loop of our own; every other method
+is torchdiffeq's ``odeint``.
 """
 
 from __future__ import annotations
