@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     g = Sphere(3)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     results: dict[str, dict] = {}
-    maps, test_points = {}, {}
+    maps, test_points, checks = {}, {}, {}
     for name in args.datasets:
         x = load_earth(earth_path(earth_dir, name))
         distinct = int(torch.unique(x, dim=0).shape[0])
@@ -236,6 +236,10 @@ def main(argv: list[str] | None = None) -> dict:
             cpu += c
             flow.append(float(flow_nll(g, field, x[te], method="rk4",
                                        num_steps=eval_steps).mean()))
+            if seed == 0:
+                # discretisation check: the same model and points with twice the RK4 steps
+                checks[name] = (flow[-1], float(flow_nll(g, field, x[te], method="rk4",
+                                                         num_steps=2 * eval_steps).mean()))
             if seed == 0 and args.plot is not None:
                 # the map is an illustration: a coarser grid and fewer steps than the NLL
                 n_lat, n_lon = (24, 48) if args.quick else (45, 90)
@@ -278,6 +282,10 @@ def main(argv: list[str] | None = None) -> dict:
         r = results[n]
         note = f"  {n}: {r['n']} events at {r['distinct']} distinct locations"
         print(note + f"; training {r['train_cpu_s'] / 60:.1f} CPU min over {args.seeds} seeds")
+    for n in names:
+        a, b = checks[n]
+        print(f"  discretisation check ({n}, seed 0): RK4 × {eval_steps} → {a:.4f}, "
+              f"RK4 × {2 * eval_steps} → {b:.4f}")
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP, {steps} steps of batch "
           f"{batch}, AdamW lr {args.lr:g} cosine, EMA min(0.999, 1 − 10/steps); likelihood "
@@ -308,6 +316,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "lr": args.lr, "likelihood": f"rk4 x {eval_steps}, exact divergence",
                    "split": "seeded random 80/10/10 (flowmatch.data.earth.seeded_split)",
                    "wall_s": wall, "cpu_s": cpu,
+                   "discretisation_check": {n: {"steps": eval_steps, "nll": a,
+                                                "steps_x2": 2 * eval_steps, "nll_x2": b}
+                                            for n, (a, b) in checks.items()},
                    "command": "python benchmarks/sphere_earth.py " + " ".join(
                        argv if argv is not None else sys.argv[1:])},
         "rows": rows,

@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
                               out_dim=7)
         cpu += c
         flow.append(float(flow_nll(g, field, x[te], method="rk4", num_steps=eval_steps).mean()))
+        if seed == 0:
+            # discretisation check: the same model and points with twice the RK4 steps
+            fine = float(flow_nll(g, field, x[te], method="rk4",
+                                  num_steps=2 * eval_steps).mean())
+            check = {"steps": eval_steps, "nll": flow[-1], "steps_x2": 2 * eval_steps,
+                     "nll_x2": fine}
         print(f"  seed {seed}: flow {flow[-1]:.3f}  von Mises KDE {k_nll:.3f} (κ={k:.3g})  "
               f"train CPU {c:.0f}s", flush=True)
     ft, kt = torch.tensor(flow), torch.tensor(kde)
@@ -121,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     for system, v in PUBLISHED.items():
         print(f"{system:58s}{v:16.2f}")
     print(f"{'uniform on T⁷ (7 log 2π)':58s}{7 * math.log(2 * math.pi):16.2f}")
+    print(f"  discretisation check (seed 0): RK4 × {check['steps']} → {check['nll']:.4f}, "
+          f"RK4 × {check['steps_x2']} → {check['nll_x2']:.4f}")
     print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP on (cos, sin) features, "
           f"{steps} steps of batch {batch}, AdamW lr {args.lr:g} cosine; likelihood RK4 × "
           f"{eval_steps}, exact divergence; training {cpu / 60:.1f} CPU min over {args.seeds} "
@@ -141,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
                    "lr": args.lr, "likelihood": f"rk4 x {eval_steps}, exact divergence",
                    "kde_kappas": kappas, "wall_s": wall, "cpu_s": cpu_all,
+                   "discretisation_check": check,
                    "command": "python benchmarks/torus_rna.py " + " ".join(
                        argv if argv is not None else sys.argv[1:])},
         "rows": rows,
