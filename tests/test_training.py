@@ -353,6 +353,18 @@ def test_fit_validation_errors():
             steps=2, batch_size=4, progress=False)
 
 
+def test_fit_refuses_a_path_without_velocity_target():
+    from flowmatch.paths import PathSample, ProbPath
+
+    class TokenPath(ProbPath):
+        def sample(self, x0, x1, t):
+            return PathSample(x0=x0, x1=x1, t=t, x_t=x1, dx_t=None)
+
+    with pytest.raises(TypeError, match="no velocity target"):
+        fit(MLP(2, 8, 1), EightGaussians().sample, TokenPath(), steps=2, batch_size=4,
+            progress=False)
+
+
 def test_fit_raises_on_a_diverging_loss():
     data = EightGaussians()
     with pytest.raises(FloatingPointError, match="non-finite at step"):

@@ -269,6 +269,11 @@ def fit(
             with no_validation() if step > start else contextlib.nullcontext():
                 x0, x1, t, kwargs = draw_batch(validate=step == start)
                 sample = path.sample(x0, x1, t)
+                if sample.dx_t is None:
+                    raise TypeError(
+                        f"fit regresses velocities, but {type(path).__name__}.sample returns no "
+                        "velocity target (a discrete path); train it with the discrete losses"
+                    )
                 prediction = model(sample.x_t, sample.t, **kwargs)
                 loss = cfm_loss(prediction, sample.dx_t, geometry, sample.x_t)
             lr_now = lr_at(step, lr=lr, steps=steps, schedule=lr_schedule,
