@@ -223,3 +223,20 @@ def test_bad_input() -> None:
         solver.log_likelihood(x1, std_normal_log_prob, method="leapfrog")
     with pytest.raises(TypeError):
         solver.log_likelihood(x1, std_normal_log_prob, labels=None)
+
+
+@pytest.mark.parametrize("method,kwargs", [("dopri5", {}), ("midpoint", {"num_steps": 100})])
+def test_float32(method: str, kwargs: dict) -> None:
+    # torchdiffeq keeps adaptive time in float64; the field must still see float32 times
+    seen: list[torch.dtype] = []
+    gauss = GaussianCondOTField(MU.float(), S)
+
+    def field(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(t.dtype)
+        return gauss(x, t)
+
+    x1 = torch.tensor([[1.5, -2.0, 0.5], [2.0, -1.0, 0.0]])
+    x0, log_p1 = ODESolver(field).log_likelihood(x1, std_normal_log_prob, method=method,
+                                                 **kwargs)
+    assert log_p1.dtype == torch.float32 and set(seen) == {torch.float32}
+    torch.testing.assert_close(log_p1, gaussian_log_prob(x1, MU.float(), S), atol=1e-3, rtol=0)
