@@ -169,3 +169,11 @@ def test_bad_input() -> None:
         divergence(lambda y: y, torch.ones(3, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="finite"):
         divergence(lambda y: y, torch.tensor([[float("nan"), 0.0]]))
+
+
+def test_inference_mode_is_refused() -> None:
+    with torch.inference_mode():
+        x = torch.randn(3, 2)
+        with pytest.raises(RuntimeError, match="inference_mode"):
+            divergence(lambda y: y * 2.0, x)
+    torch.testing.assert_close(divergence(lambda y: y * 2.0, x), torch.full((3,), 4.0))

@@ -240,3 +240,17 @@ def test_float32(method: str, kwargs: dict) -> None:
                                                  **kwargs)
     assert log_p1.dtype == torch.float32 and set(seen) == {torch.float32}
     torch.testing.assert_close(log_p1, gaussian_log_prob(x1, MU.float(), S), atol=1e-3, rtol=0)
+
+
+def test_inference_mode() -> None:
+    # inside inference_mode autograd records nothing, so every divergence would read as 0:
+    # refuse loudly; a tensor made there is fine once we are outside
+    solver = ODESolver(lambda x, t: -x)
+    with torch.inference_mode():
+        x1 = torch.randn(4, 2, dtype=D64)
+        with pytest.raises(RuntimeError, match="inference_mode"):
+            solver.log_likelihood(x1, std_normal_log_prob)
+    # ẋ = −x backwards from 1 to 0: x0 = e·x1 and div = −2, so log p1 = log p0(e·x1) + 2
+    x0, log_p1 = solver.log_likelihood(x1, std_normal_log_prob, method="dopri5", atol=1e-10,
+                                       rtol=1e-10)
+    torch.testing.assert_close(log_p1, std_normal_log_prob(math.e * x1) + 2.0)

@@ -292,3 +292,15 @@ def test_bad_input() -> None:
                         allow_any_time=True)
     torch.testing.assert_close(out, x0 @ torch.linalg.matrix_exp(2 * rotation_damping()).T,
                                atol=1e-6, rtol=0)
+
+
+def test_sampling_under_inference_mode() -> None:
+    a = rotation_damping()
+    solver = ODESolver(Linear(a))
+    with torch.inference_mode():
+        x0 = torch.randn(3, 2, dtype=D64)
+        for method in ("rk4", "dopri5"):
+            out = solver.sample(x0, method=method, num_steps=50 if method == "rk4" else None,
+                                atol=1e-9, rtol=1e-9)
+            torch.testing.assert_close(out, x0 @ torch.linalg.matrix_exp(a).T, atol=1e-7,
+                                       rtol=0)

@@ -53,6 +53,27 @@ def sample_probe(
     raise ValueError(f"probe must be one of {_PROBES}, got {kind!r}")
 
 
+def check_autograd_available() -> None:
+    """Raise inside ``torch.inference_mode()``, where no graph is recorded even under
+    ``torch.enable_grad()`` and every Jacobian would silently read as zero."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "the divergence (and hence the likelihood) needs autograd, which "
+            "torch.inference_mode() disables; call it outside inference_mode "
+            "(torch.no_grad() is fine)"
+        )
+
+
+def as_differentiable(x: Tensor) -> Tensor:
+    """x itself if it already requires grad, else a detached copy that does (an inference
+    tensor, made under ``torch.inference_mode()``, is cloned first: it cannot join a graph)."""
+    if x.requires_grad:
+        return x
+    if x.is_inference():
+        x = x.clone()
+    return x.detach().requires_grad_(True)
+
+
 def _sum_event(v: Tensor) -> Tensor:
     return v.reshape(v.shape[0], -1).sum(dim=1)
 
@@ -80,7 +101,8 @@ def divergence_of_output(
         )
     if not v.requires_grad:
         # v does not depend on anything differentiable: either the field ignores x (zero
-        # Jacobian) or autograd was off when v was computed, which would silently give 0.
+        # Jacobian) or autograd was off when v was computed, which must not pass as a zero.
+        check_autograd_available()
         if not torch.is_grad_enabled():
             raise RuntimeError("divergence needs autograd: compute v under torch.enable_grad()")
         return torch.zeros(x.shape[0], dtype=v.dtype, device=v.device)
@@ -148,8 +170,9 @@ def value_and_divergence(
             raise ValueError(f"probe must have the shape of x {tuple(x.shape)}, "
                              f"got {tuple(probe.shape)}")
         probe_tensor = probe
+    check_autograd_available()
     with torch.enable_grad():
-        xg = x if x.requires_grad else x.detach().requires_grad_(True)
+        xg = as_differentiable(x)
         v = fn(xg)
         if not torch.is_tensor(v):
             raise ValueError(f"fn must return a tensor, got {type(v).__name__}")

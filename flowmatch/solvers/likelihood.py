@@ -27,7 +27,13 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from flowmatch.solvers.divergence import ProjU, divergence_of_output, sample_probe
+from flowmatch.solvers.divergence import (
+    ProjU,
+    as_differentiable,
+    check_autograd_available,
+    divergence_of_output,
+    sample_probe,
+)
 from flowmatch.solvers.ode import EXPLICIT_RK, integrate_explicit_rk, torchdiffeq_options
 
 ValueAndDivergence = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -55,7 +61,7 @@ def field_value_and_divergence(
 
     def value_and_div(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
-            xg = x if x.requires_grad else x.detach().requires_grad_(True)
+            xg = as_differentiable(x)
             u = field(xg, t, **cond)
             div = divergence_of_output(u, xg, exact=exact, proju=proju, probe=probe,
                                        create_graph=create_graph)
@@ -106,6 +112,9 @@ def integrate_log_likelihood(
 
     Called by :meth:`ODESolver.log_likelihood`, which validates the arguments.
     """
+    check_autograd_available()
+    if x1.is_inference():  # made under inference_mode: copy it so the state can join a graph
+        x1 = x1.clone()
     eps = None if exact else sample_probe(x1, probe, generator)
     value_and_div = field_value_and_divergence(field, cond, exact=exact, proju=proju,
                                                probe=eps, create_graph=enable_grad)
