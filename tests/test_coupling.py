@@ -6,6 +6,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flowmatch.geometry import Euclidean, as_geometry
 from flowmatch.paths import OTCoupling, independent_coupling
@@ -67,6 +69,19 @@ def test_sinkhorn_rounding_is_near_optimal(reg):
     rounded = _mean_cost(*OTCoupling("sinkhorn", reg=reg)(x0, x1))
     assert exact <= rounded + 1e-6  # the exact assignment is optimal among permutations
     assert rounded <= exact * 1.002  # and the rounded entropic plan is within 0.2 % of it
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(1, 24), shape=st.sampled_from([(1,), (3,), (2, 2), (2, 1, 3)]),
+       seed=st.integers(0, 2**31 - 1), method=st.sampled_from(["exact", "sinkhorn"]))
+def test_ot_coupling_is_a_permutation_never_worse_than_identity(batch, shape, seed, method):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(batch, *shape, generator=g, dtype=torch.float64)
+    x1 = 2 * torch.randn(batch, *shape, generator=g, dtype=torch.float64) + 1
+    perm = OTCoupling(method).permutation(x0, x1)
+    assert _is_permutation(perm, batch)
+    if method == "exact":  # optimal among all permutations, the identity included
+        assert _mean_cost(x0[perm], x1) <= _mean_cost(x0, x1) + 1e-12
 
 
 def test_ot_coupling_flattens_any_data_shape():
