@@ -6,9 +6,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchdiffeq import odeint
 
 from flowmatch.solvers import ADAPTIVE_METHODS, FIXED_METHODS, ODESolver
+from flowmatch.solvers.ode import step_grid
 
 D64 = torch.float64
 
@@ -304,3 +307,29 @@ def test_sampling_under_inference_mode() -> None:
                                 atol=1e-9, rtol=1e-9)
             torch.testing.assert_close(out, x0 @ torch.linalg.matrix_exp(a).T, atol=1e-7,
                                        rtol=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    times=st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=2, max_size=6, unique=True),
+    h=st.floats(1e-3, 1.5),
+    backwards=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_step_grid_properties(times: list[float], h: float, backwards: bool,
+                              dtype: torch.dtype) -> None:
+    grid = torch.tensor(sorted(times, reverse=backwards), dtype=dtype)
+    steps = grid[1:] - grid[:-1]
+    if not (bool((steps > 0).all()) or bool((steps < 0).all())):
+        return  # values that collapse in float32 do not make a valid grid
+    nodes = step_grid(grid, h, None)
+    d = nodes[1:] - nodes[:-1]
+    # strictly monotone in the grid's direction, from its first to its last point
+    assert bool((d > 0).all()) if not backwards else bool((d < 0).all())
+    assert nodes[0] == grid[0] and nodes[-1] == grid[-1]
+    # every grid point is a node, and no step is longer than h (up to rounding)
+    assert set(grid.tolist()) <= set(nodes.tolist())
+    assert float(d.abs().max()) <= h * (1 + 1e-6) + 1e-6
+    # uniform steps from the start: at most one extra node per interior grid point
+    span = abs(float(grid[-1] - grid[0]))
+    assert len(nodes) - 1 <= max(1, math.ceil(span / h - 1e-9)) + len(grid) - 2

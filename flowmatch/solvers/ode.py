@@ -123,15 +123,11 @@ def step_grid(grid: Tensor, step_size: float | None, num_steps: int | None) -> T
         # a span that is a multiple of h up to rounding must not gain a sliver of a last step
         if n == 0 or abs(ratio - n) > 1e-9 * max(1.0, ratio):
             n = math.ceil(ratio)
-    nodes = [g[0] + direction * h * k for k in range(n)] + [g[-1]]
-    # snap uniform nodes onto interior grid points that they hit up to rounding
+    # every grid point is a node; a uniform node that hits a grid point up to rounding gives
+    # way to it (no sliver steps)
     tol = max(1e-6 * h, 8 * torch.finfo(grid.dtype).eps)
-    interior = g[1:-1]
-    merged: list[float] = []
-    for v in nodes:
-        if not any(abs(v - p) <= tol for p in interior):
-            merged.append(v)
-    merged.extend(interior)
+    uniform = (g[0] + direction * h * k for k in range(1, n))
+    merged = [v for v in uniform if not any(abs(v - p) <= tol for p in g)] + g
     merged.sort(reverse=direction < 0)
     return torch.tensor(merged, dtype=grid.dtype, device=grid.device)
 
