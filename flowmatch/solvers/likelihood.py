@@ -129,7 +129,7 @@ def integrate_log_likelihood(
             xs, ells = out[-1][0][None], out[-1][1][None]
         else:
             xs, ells = odeint(rhs, (x1, ell0), grid, method=method, atol=atol, rtol=rtol,
-                              options=torchdiffeq_options(options))
+                              options=torchdiffeq_options(options, method, grid))
         x_end, ell_end = xs[-1], ells[-1]
         base = log_p0(x_end)
         if not torch.is_tensor(base) or base.shape != ell_end.shape:
