@@ -307,8 +307,11 @@ class ODESolver:
                 backwards. Fixed-grid methods take one step per interval unless ``step_size``
                 or ``num_steps`` is given.
             method: a torchdiffeq method name (see ``METHODS``).
-            step_size: fixed step length (fixed-grid methods), starting at ``time_grid[0]``.
+            step_size: fixed step length (fixed-grid methods), starting at ``time_grid[0]``;
+                the last step is shortened to end on ``time_grid[-1]``.
             num_steps: number of equal steps over the whole span instead of ``step_size``.
+                Interior grid times are always step nodes (see :func:`step_grid`): each one
+                that falls inside a step splits it, adding one step.
             atol, rtol: tolerances of adaptive methods (and of the implicit Adams corrector).
             return_intermediates: return the states at every grid time, [len(grid), B, ...].
             enable_grad: keep the autograd graph (default: run under ``torch.no_grad``).
