@@ -67,8 +67,9 @@ def test_conditional_sampling_matches_closed_form_and_replacement_is_biased():
     mean, cov = gv.conditional_moments(known, ref)
     torch.testing.assert_close(mean[0, 0, :, 0, 0], 1.5 * 0.9 ** torch.arange(1, T, dtype=F64))
 
+    # (the exact field is smooth at t = 1, so the full Heun step is used to the end)
     x = sample_video(gv.conditional_field(known), x0, method="heun", num_steps=40, known=known,
-                     reference=ref, conditioning="per_frame")
+                     reference=ref, conditioning="per_frame", final_euler=False)
     assert bool((x[:, :, 0] == 1.5).all())  # the known frame never moves
     # deterministic: the ODE maps the unknown frames' noise to μ_c + Σ_c^{1/2} ε exactly
     lam, V = torch.linalg.eigh(cov)

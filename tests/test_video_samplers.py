@@ -62,8 +62,9 @@ def test_gaussian_video_moments_euler_and_heun():
         assert float((cov - gv.cov).abs().max()) < 0.08, method
 
 
-@pytest.mark.parametrize("method,order", [("euler", 1), ("heun", 2), ("midpoint", 2)])
-def test_convergence_order_against_exact_flow_map(method, order):
+@pytest.mark.parametrize("method,order,final_euler", [
+    ("euler", 1, True), ("heun", 2, True), ("heun", 2, False), ("midpoint", 2, True)])
+def test_convergence_order_against_exact_flow_map(method, order, final_euler):
     # Deterministic: the exact ODE endpoint is μ + Σ^{1/2} ε, so the error is discretisation
     # alone; doubling the steps must divide it by ≈ 2^order (Heun ≈ 4×).
     gv = GaussianVideo(6, rho=0.9, var=2.0, mean=-0.3)
@@ -72,7 +73,7 @@ def test_convergence_order_against_exact_flow_map(method, order):
     exact = gv.flow_map(x0)
     errs = []
     for n in (16, 32, 64):
-        x = sample_video(gv.velocity, x0, method=method, num_steps=n)
+        x = sample_video(gv.velocity, x0, method=method, num_steps=n, final_euler=final_euler)
         errs.append(float((x - exact).abs().max()))
     ratios = [errs[0] / errs[1], errs[1] / errs[2]]
     for r in ratios:
@@ -112,10 +113,15 @@ def test_rolling_per_frame_schedule_reaches_the_target_law():
 def test_nfe_counts():
     gv = GaussianVideo(4)
     x0 = torch.randn(2, 1, 4, 1, 1, dtype=torch.float64)
-    for method, per_step in [("euler", 1), ("heun", 2), ("midpoint", 2)]:
-        s = VideoSampler(gv.velocity, method)
+    for method, final_euler, nfe in [("euler", True, 5), ("heun", False, 10),
+                                     ("heun", True, 9), ("midpoint", True, 10)]:
+        s = VideoSampler(gv.velocity, method, final_euler=final_euler)
         s.sample(x0, num_steps=5)
-        assert s.nfe == 5 * per_step
+        assert s.nfe == nfe, (method, final_euler)
+    # the Euler last step only applies when the grid ends at t = 1
+    s = VideoSampler(gv.velocity, "heun")
+    s.sample(x0, time_grid=torch.linspace(0, 0.9, 6))
+    assert s.nfe == 10
 
 
 def test_renoise_preserves_the_marginal_law():

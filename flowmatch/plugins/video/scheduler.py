@@ -14,7 +14,8 @@ Differences from diffusers 0.42, on purpose:
   how step-by-step parity is tested.
 * ``method="heun"`` or ``"midpoint"`` gives a second-order step (``order = 2``): the pipeline
   loop calls the model twice per step, the way diffusers' Heun scheduler works — ``timesteps``
-  lists every evaluation (2N of them) and ``sigmas[i]`` is the σ of evaluation i.
+  lists every evaluation and ``sigmas[i]`` is the σ of evaluation i (2N evaluations; Heun's
+  last step into σ = 0 is Euler by default, 2N − 1).
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class FlowMatchScheduler:
         method: "euler" (order 1), "heun" or "midpoint" (order 2, two model calls per step).
         stochastic_sampling: Euler only; replace the step by x̂_data re-noised to σ_next with fresh
             noise (diffusers' option; a different sampler, not an ODE solver).
+        final_euler: Heun only; take the last step into σ = 0 with Euler, skipping the
+            corrector's model call at σ = 0 (k-diffusion / EDM convention: a trained network is
+            least reliable at the clean end). The order stays 2; a schedule of N steps then
+            costs 2N − 1 model calls.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class FlowMatchScheduler:
         sigma_min: float = 1.0 / 1000,
         method: Method = "euler",
         stochastic_sampling: bool = False,
+        final_euler: bool = True,
     ) -> None:
         if method not in ("euler", "heun", "midpoint"):
             raise ValueError(f"method must be 'euler', 'heun' or 'midpoint', got {method!r}")
@@ -100,7 +106,7 @@ class FlowMatchScheduler:
             max_shift=max_shift, base_image_seq_len=base_image_seq_len,
             max_image_seq_len=max_image_seq_len, shift_terminal=shift_terminal,
             sigma_min=sigma_min, method=method, stochastic_sampling=bool(stochastic_sampling),
-            invert_sigmas=False,
+            final_euler=bool(final_euler), invert_sigmas=False,
         )
         self.order = 1 if method == "euler" else 2
         self.init_noise_sigma = 1.0
@@ -112,6 +118,7 @@ class FlowMatchScheduler:
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self._stage: dict[str, Tensor] = {}
+        self._plan: list[tuple[int, str]] = []  # per model call: (step k, "euler"|"first"|"second")
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -184,12 +191,20 @@ class FlowMatchScheduler:
         n = steps.numel() - 1
         self.num_inference_steps = n
         self.step_sigmas = steps.to(device)
-        if self.config.method == "euler":
-            evals = steps[:-1]
-        elif self.config.method == "heun":
-            evals = torch.stack([steps[:-1], steps[1:]], dim=1).flatten()
-        else:
-            evals = torch.stack([steps[:-1], 0.5 * (steps[:-1] + steps[1:])], dim=1).flatten()
+        method = self.config.method
+        plan: list[tuple[int, str]] = []
+        evals_list: list[Tensor] = []
+        for k in range(n):
+            s0, s1 = steps[k], steps[k + 1]
+            last_into_zero = k == n - 1 and float(s1) == 0.0
+            if method == "euler" or (method == "heun" and cfg.final_euler and last_into_zero):
+                plan.append((k, "euler"))
+                evals_list.append(s0)
+            else:
+                plan += [(k, "first"), (k, "second")]
+                evals_list += [s0, s1 if method == "heun" else 0.5 * (s0 + s1)]
+        evals = torch.stack(evals_list)
+        self._plan = plan
         self.sigmas = torch.cat([evals, evals.new_zeros(1)]).to(device)
         self.timesteps = (evals * cfg.num_train_timesteps).to(device)
         self._step_index = None
@@ -203,7 +218,7 @@ class FlowMatchScheduler:
         ts = self.timesteps
         value = torch.as_tensor(timestep, dtype=ts.dtype, device=ts.device).flatten()[0]
         hits = (ts == value).nonzero().flatten().tolist()
-        starts = [i for i in hits if i % self.order == 0]  # a step starts at a first stage
+        starts = [i for i in hits if self._plan[i][1] != "second"]  # a step starts here
         if not starts:
             raise ValueError(f"timestep {float(value)} is not the start of a step of this "
                              f"schedule (timesteps {ts.tolist()})")
@@ -236,13 +251,13 @@ class FlowMatchScheduler:
         if i >= self.timesteps.numel():
             raise ValueError(f"step called {i + 1} times but the schedule has "
                              f"{self.timesteps.numel()} model evaluations")
-        k = i // self.order
+        k, stage = self._plan[i]
         sig = self.step_sigmas.to(sample.device)
         s0, s1 = sig[k], sig[k + 1]
         x = sample.to(torch.float32)
         v = model_output.to(torch.float32)
         method = self.config.method
-        if method == "euler":
+        if stage == "euler":
             if self.config.stochastic_sampling:
                 x_data = x - s0 * v
                 noise = torch.randn(x.shape, generator=generator, dtype=x.dtype,
@@ -250,7 +265,7 @@ class FlowMatchScheduler:
                 prev = (1 - s1) * x_data + s1 * noise
             else:
                 prev = x + (s1 - s0) * v
-        elif i % 2 == 0:  # first stage of a second-order step
+        elif stage == "first":
             self._stage = {"x": x, "v": v}
             h = s1 - s0 if method == "heun" else 0.5 * (s1 - s0)
             prev = x + h * v
