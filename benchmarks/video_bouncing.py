@@ -7,8 +7,9 @@ CPU time budget, then reports
 * physical consistency of generated clips: mass kept over frames (object permanence), the
   fraction of frames with exactly one object, centroid speed and centroid acceleration
   (constant motion between bounces), next to the same estimators on real clips;
-* the ODE error of each sampler against a 32-step (64 NFE) Heun reference from the same noise, at
-  equal function evaluations: flowmatch Euler, Heun and midpoint, the plugin's
+* the ODE error of each sampler against a 32-step Heun reference from the same noise, at
+  (at most) equal function evaluations (Heun's last step is Euler, so it spends one fewer):
+  flowmatch Euler, Heun and midpoint, the plugin's
   diffusers-compatible scheduler (Heun) and, when installed, diffusers'
   FlowMatchEulerDiscreteScheduler on the same σ grid;
 * sampling time per clip against the number of steps;
@@ -82,7 +83,11 @@ def train(net, cfg, budget_s: float, seed: int):
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=0.0)
     ema = copy.deepcopy(net).requires_grad_(False)
     steps, start, losses = 0, time.perf_counter(), []
-    while time.perf_counter() - start < budget_s:
+    while (frac := (time.perf_counter() - start) / budget_s) < 1:
+        # warm-up, then cosine decay over the *time* budget (the budget is wall-clock)
+        lr = cfg["lr"] * min(1.0, (steps + 1) / 50) * 0.5 * (1 + np.cos(np.pi * frac))
+        for group in opt.param_groups:
+            group["lr"] = lr
         x1 = bouncing_shapes(cfg["batch"], num_frames=cfg["frames"], size=cfg["size"],
                              generator=g).video
         x0 = torch.randn(x1.shape, generator=g)
@@ -123,21 +128,34 @@ def sigma_grid(steps: int, shift: float) -> torch.Tensor:
     return flow_sigmas(steps, shift=shift, sigma_min=1.0 / steps if steps > 1 else 0.0)
 
 
+CALLS = [0]
+
+
+def counted(net):
+    """Wrap the network to count its calls (the NFE each sampler really spent)."""
+    def field(x, t):
+        CALLS[0] += 1
+        return net(x, t)
+    return field
+
+
 @torch.no_grad()
 def sample(kind: str, net, x0: torch.Tensor, nfe: int, shift: float) -> torch.Tensor:
     """One sampler at a budget of ``nfe`` network calls, all on the same σ-grid family."""
-    steps = nfe if kind in ("euler", "diffusers-euler") else nfe // 2
+    # Heun's last step is Euler (2N − 1 calls), so it gets (nfe + 1) // 2 steps
+    steps = {"euler": nfe, "diffusers-euler": nfe, "midpoint": nfe // 2}.get(kind, (nfe + 1) // 2)
     unshifted = sigma_grid(steps, 1.0).float()
     if kind in ("euler", "heun", "midpoint"):
         grid = (1 - sigma_grid(steps, shift)).float()
-        return VideoSampler(net, kind).sample(x0, time_grid=grid)
+        return VideoSampler(counted(net), kind).sample(x0, time_grid=grid)
     if kind == "scheduler-heun":
-        return run_scheduler(FlowMatchScheduler(shift=shift, method="heun"), net, x0, unshifted)
+        return run_scheduler(FlowMatchScheduler(shift=shift, method="heun"), counted(net), x0,
+                             unshifted)
     if kind == "diffusers-euler":
         import diffusers
 
-        return run_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(shift=shift), net, x0,
-                             unshifted)
+        return run_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(shift=shift),
+                             counted(net), x0, unshifted)
     raise ValueError(kind)
 
 
@@ -160,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                eval_clips=32 if args.quick else 128,
                nfes=[8, 16] if args.quick else [4, 8, 16, 32], reference_nfe=64,
                threads=torch.get_num_threads(), quick=args.quick, seed=args.seed,
-               torch=torch.__version__, train_t="logit_normal(0, 1)")
+               torch=torch.__version__, train_t="logit_normal(0, 1)",
+               lr_schedule="50-step warm-up, cosine to 0 over the time budget",
+               samplers_grid="sigma = linspace(1, 0, steps + 1), shift once")
     out_dir = Path(args.out_dir or (Path(args.json).parent if args.json else "."))
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -211,9 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     for nfe in cfg["nfes"]:
         for kind in kinds:
+            CALLS[0] = 0
             t0 = time.perf_counter()
             x = sample(kind, ema, x0, nfe, cfg["shift"])
             dt = (time.perf_counter() - t0) / x0.shape[0]
+            calls = CALLS[0]
             system = "diffusers" if kind.startswith("diffusers") else "flowmatch"
             tag = f"[{kind},nfe={nfe}]"
             ode_err = float((x - ref).pow(2).mean().sqrt())
@@ -226,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             row(system, "centroid_speed" + tag, ph["centroid_speed"], "px/frame", "higher")
             row(system, "mean_mass" + tag, ph["mean_mass"], "px", "higher")
             row(system, "sample_seconds_per_clip" + tag, dt, "s", "lower")
-            table.append((kind, nfe, ode_err, ph, dt))
+            row(system, "model_calls" + tag, calls, "calls", "lower")
+            table.append((kind, nfe, calls, ode_err, ph, dt))
             strips[(kind, nfe)] = x
     ph_ref = physics(ref)
     for k, v in ph_ref.items():
@@ -237,16 +260,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained {steps} steps in {secs:.0f} s ({cfg['parameters']} parameters, "
           f"threads {cfg['threads']}); val FM loss at t = 0.25/0.5/0.75/0.9: "
           + ", ".join(f"{r['value']:.4f}" for r in rows[:4]))
-    print(f"{'sampler':<16}{'NFE':>4}{'ODE rmse':>10}{'mass err':>10}{'1 object':>10}"
+    print(f"{'sampler':<16}{'NFE':>4}{'calls':>6}{'ODE rmse':>10}{'mass err':>10}{'1 object':>10}"
           f"{'|accel|':>9}{'speed':>8}{'s/clip':>9}")
-    print(f"{'data':<16}{'':>4}{'':>10}{phys_real['mass_error']:>10.4f}"
+    print(f"{'data':<16}{'':>4}{'':>6}{'':>10}{phys_real['mass_error']:>10.4f}"
           f"{phys_real['one_object_frames']:>10.3f}{phys_real['centroid_accel']:>9.3f}"
           f"{phys_real['centroid_speed']:>8.3f}{'':>9}")
-    print(f"{'heun reference':<16}{cfg['reference_nfe']:>4}{0.0:>10.4f}"
+    print(f"{'heun reference':<16}{cfg['reference_nfe']:>4}{'':>6}{0.0:>10.4f}"
           f"{ph_ref['mass_error']:>10.4f}{ph_ref['one_object_frames']:>10.3f}"
           f"{ph_ref['centroid_accel']:>9.3f}{ph_ref['centroid_speed']:>8.3f}{'':>9}")
-    for kind, nfe, err, ph, dt in table:
-        print(f"{kind:<16}{nfe:>4}{err:>10.4f}{ph['mass_error']:>10.4f}"
+    for kind, nfe, calls, err, ph, dt in table:
+        print(f"{kind:<16}{nfe:>4}{calls:>6}{err:>10.4f}{ph['mass_error']:>10.4f}"
               f"{ph['one_object_frames']:>10.3f}{ph['centroid_accel']:>9.3f}"
               f"{ph['centroid_speed']:>8.3f}{dt:>9.4f}")
     print(f"(true centroid |accel| from positions: {float(true_acc):.3f} px/frame²; "
