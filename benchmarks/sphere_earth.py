@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
     for n in names:
         r = results[n]
         note = f"  {n}: {r['n']} events at {r['distinct']} distinct locations"
-        print(note + f"; training {r['train_cpu_s'] / 60:.1f} CPU min over {args.seeds} seeds")
+        print(note + f"; training {r['train_cpu_s']:.0f} CPU s ({r['train_cpu_s'] / 60:.1f} min) "
+                     f"over {args.seeds} seeds")
     for n in names:
         a, b = checks[n]
         print(f"  discretisation check ({n}, seed 0): RK4 × {eval_steps} → {a:.4f}, "

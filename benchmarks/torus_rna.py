@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"RK4 × {check['steps_x2']} → {check['nll_x2']:.4f}")
     print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP on (cos, sin) features, "
           f"{steps} steps of batch {batch}, AdamW lr {args.lr:g} cosine; likelihood RK4 × "
-          f"{eval_steps}, exact divergence; training {cpu / 60:.1f} CPU min over {args.seeds} "
+          f"{eval_steps}, exact divergence; training {cpu:.0f} CPU s over {args.seeds} "
           f"seeds; total wall {wall:.0f}s, CPU {cpu_all:.0f}s)")
 
     rows = [
