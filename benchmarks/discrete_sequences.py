@@ -11,6 +11,7 @@ the source and lets the sampler fix mistakes), it reports:
 
 * validity: the fraction of samples that are balanced and correctly typed;
 * shape validity: balanced when bracket types are ignored (the easier half of the task);
+* valid prefix: mean length of the longest completable prefix, as a fraction of 64 (graded);
 * diversity: the fraction of distinct sequences among the samples;
 * NELBO per token (nats) on fresh test sequences, beside the data entropy per token.
 
@@ -36,6 +37,7 @@ from flowmatch.data.brackets import (  # noqa: E402
     brackets_entropy,
     is_valid_brackets,
     sample_brackets,
+    valid_prefix_length,
 )
 from flowmatch.geometry.discrete import Discrete  # noqa: E402
 from flowmatch.models.discrete import DiscreteTransformer  # noqa: E402
@@ -135,6 +137,7 @@ def main(argv=None) -> int:
                 secs = time.perf_counter() - t0
                 valid = float(is_valid_brackets(x, TYPES).double().mean())
                 shape = float(shape_valid(x).double().mean())
+                prefix = float(valid_prefix_length(x, TYPES).double().mean()) / LENGTH
                 distinct = len({tuple(r) for r in x.tolist()}) / x.shape[0]
                 tag = f"{source}/steps={steps}/{'corrector' if use_corr else 'plain'}"
                 rows += [
@@ -142,12 +145,15 @@ def main(argv=None) -> int:
                      "unit": "fraction", "better": "higher"},
                     {"system": "flowmatch", "metric": f"{tag}/shape_validity", "value": shape,
                      "unit": "fraction", "better": "higher"},
+                    {"system": "flowmatch", "metric": f"{tag}/valid_prefix_fraction",
+                     "value": prefix, "unit": "fraction of length", "better": "higher"},
                     {"system": "flowmatch", "metric": f"{tag}/distinct_fraction",
                      "value": distinct, "unit": "fraction", "better": "higher"},
                     {"system": "flowmatch", "metric": f"{tag}/sample_s", "value": secs,
                      "unit": "s", "better": "lower"},
                 ]
                 lines.append(f"{tag:40s} valid {valid:6.3f}  shape {shape:6.3f}  "
+                             f"prefix {prefix:6.3f}  "
                              f"distinct {distinct:6.3f}  {secs:6.2f} s")
         print(f"[{source}] done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
     cfg["wall_s"] = time.perf_counter() - start

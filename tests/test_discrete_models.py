@@ -108,3 +108,18 @@ def test_bracket_validity_catches_errors():
     assert is_valid_brackets(bad, 2).tolist() == [False] * 4
     with pytest.raises(ValueError, match="even"):
         sample_brackets(3, length=5)
+
+
+def test_valid_prefix_length():
+    from flowmatch.data.brackets import valid_prefix_length
+
+    x = torch.tensor([
+        [0, 2, 3, 1],  # valid: 4
+        [0, 2, 1, 3],  # ( [ ) : breaks at position 2
+        [1, 0, 0, 1],  # starts with a close: 0
+        [0, 0, 0, 1],  # ( ( ( cannot close in 4: breaks at position 2
+    ])
+    assert valid_prefix_length(x, 2).tolist() == [4, 2, 0, 2]
+    g = torch.Generator().manual_seed(9)
+    data = sample_brackets(200, 64, 8, generator=g)
+    assert bool((valid_prefix_length(data, 8) == 64).all())

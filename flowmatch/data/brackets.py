@@ -99,3 +99,34 @@ def brackets_entropy(length: int = 64, num_types: int = 8) -> float:
     m = length // 2
     catalan = math.comb(2 * m, m) // (m + 1)
     return math.log(catalan) + m * math.log(num_types)
+
+
+def valid_prefix_length(tokens: Tensor, num_types: int = 8) -> Tensor:
+    """Int64 [n]: length of the longest prefix of each row that some valid sequence starts with.
+
+    A prefix stays completable while every token is in the vocabulary, every closing token
+    matches the innermost open bracket, and the open depth never exceeds the positions left.
+    Valid rows score L; it is a graded companion of :func:`is_valid_brackets`.
+    """
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must have shape [n, L], got {tuple(tokens.shape)}")
+    n, length = tokens.shape
+    tokens = tokens.long()
+    stack = torch.full((n, length + 1), -1, dtype=torch.int64)
+    depth = torch.zeros(n, dtype=torch.int64)
+    alive = torch.ones(n, dtype=torch.bool)
+    prefix = torch.zeros(n, dtype=torch.int64)
+    rows = torch.arange(n)
+    for i in range(length):
+        tok = tokens[:, i]
+        kind, closes = tok // 2, (tok % 2) == 1
+        top = stack[rows, (depth - 1).clamp_min(0)]
+        ok = (tok >= 0) & (tok < 2 * num_types) & (~closes | ((depth > 0) & (top == kind)))
+        new_depth = depth + torch.where(closes, -1, 1)
+        ok &= new_depth <= length - i - 1  # the remaining positions must be able to close
+        alive &= ok
+        prefix += alive.long()
+        stack[rows, depth.clamp_max(length)] = torch.where(
+            closes, stack[rows, depth.clamp_max(length)], kind)
+        depth = new_depth.clamp_min(0)
+    return prefix
