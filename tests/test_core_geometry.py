@@ -111,3 +111,18 @@ def test_check_point_names_the_rule_and_the_worst_index():
     x[3] *= 1.1
     with pytest.raises(ValueError, match=r"‖x‖ = 1.*index 3"):
         Sphere(3).check_point(x)
+
+
+def test_product_with_a_discrete_factor_maps_only_continuous_ones():
+    from flowmatch.geometry import Discrete
+
+    prod = Product(pos=Euclidean(2), label=Discrete(4, source="uniform"))
+    x = prod.sample_base(5, dtype=torch.float64)
+    y = prod.sample_base(5, dtype=torch.float64)
+    u = prod.logmap(x, y)
+    assert set(u) == {"pos"}
+    z = prod.expmap(x, u)
+    torch.testing.assert_close(z["pos"], y["pos"])
+    assert torch.equal(z["label"], x["label"])
+    torch.testing.assert_close(prod.dist(x, y), (y["pos"] - x["pos"]).norm(dim=-1))
+    assert set(prod.projx(x)) == {"pos", "label"}

@@ -56,12 +56,6 @@ class Product(Geometry):
             raise ValueError(f"{name} must have factors {sorted(self.factors)}: "
                              f"missing {missing}, unexpected {extra}")
 
-    def _map(self, op: str, *points: Mapping[str, Tensor]) -> Point:
-        out = {}
-        for name, g in self.factors.items():
-            out[name] = getattr(g, op)(*(p[name] for p in points))
-        return out
-
     def _sum(self, parts: dict[str, Tensor]) -> Tensor:
         shapes = {tuple(v.shape) for v in parts.values()}
         if len(shapes) != 1:
@@ -81,21 +75,32 @@ class Product(Geometry):
         return {k: g for k, g in self.factors.items() if g.is_discrete}
 
     # -- maps ------------------------------------------------------------------------
+    # Tangent vectors of a product exist only on its continuous factors: maps that return
+    # tangent vectors (logmap, proju) return those factors, and point maps (expmap, projx)
+    # pass discrete factors through unchanged (tokens move by jumps, not along geodesics).
+    def _tangent_map(self, op: str, *points: Mapping[str, Tensor]) -> Point:
+        return {k: getattr(g, op)(*(p[k] for p in points))
+                for k, g in self.continuous_factors.items()}
+
     def expmap(self, x, u):
-        return self._map("expmap", x, u)
+        out = dict(x)
+        out.update(self._tangent_map("expmap", x, u))
+        return out
 
     def logmap(self, x, y):
-        return self._map("logmap", x, y)
+        return self._tangent_map("logmap", x, y)
 
     def projx(self, x):
-        return self._map("projx", x)
+        out = dict(x)
+        out.update(self._tangent_map("projx", x))
+        return out
 
     def proju(self, x, u):
-        return self._map("proju", x, u)
+        return self._tangent_map("proju", x, u)
 
     def inner_per_factor(self, x, u, v=None) -> Point:
         v = u if v is None else v
-        return {k: g.inner(x[k], u[k], v[k]) for k, g in self.factors.items()}
+        return {k: g.inner(x[k], u[k], v[k]) for k, g in self.continuous_factors.items()}
 
     def inner(self, x, u, v=None):
         return self._sum(self.inner_per_factor(x, u, v))
@@ -104,7 +109,8 @@ class Product(Geometry):
         return safe_sqrt(self.inner(x, u, u))
 
     def dist_per_factor(self, x, y) -> Point:
-        return {k: g.dist(x[k], y[k]) for k, g in self.factors.items()}
+        """Geodesic distance per continuous factor (discrete factors have no metric)."""
+        return {k: g.dist(x[k], y[k]) for k, g in self.continuous_factors.items()}
 
     def dist(self, x, y):
         return safe_sqrt(self._sum({k: d.pow(2) for k, d in self.dist_per_factor(x, y).items()}))
