@@ -1,5 +1,16 @@
-"""Data sets: toy 2D distributions (and loaders that other modules add)."""
+"""Data sets: toy 2D distributions, the earth (S²) and RNA (T⁷) loaders, bracket sequences.
 
+Loaders take a path; nothing is downloaded.
+"""
+
+from flowmatch.data.brackets import (
+    brackets_entropy,
+    is_valid_brackets,
+    sample_brackets,
+    valid_prefix_length,
+)
+from flowmatch.data.earth import load_earth, load_earth_latlon, seeded_split
+from flowmatch.data.rna import load_rna
 from flowmatch.data.toy2d import (
     TOY_DATASETS,
     Checkerboard,
@@ -12,13 +23,6 @@ from flowmatch.data.toy2d import (
 
 __all__ = [
     "TOY_DATASETS", "Checkerboard", "EightGaussians", "Moons", "Spirals", "ToyDataset",
-    "get_toy_dataset",
+    "get_toy_dataset", "load_earth", "load_earth_latlon", "seeded_split", "load_rna",
+    "brackets_entropy", "is_valid_brackets", "sample_brackets", "valid_prefix_length",
 ]
-from flowmatch.data.brackets import (  # noqa: E402
-    brackets_entropy,
-    is_valid_brackets,
-    sample_brackets,
-    valid_prefix_length,
-)
-
-__all__ += ["brackets_entropy", "is_valid_brackets", "sample_brackets", "valid_prefix_length"]

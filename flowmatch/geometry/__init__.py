@@ -1,6 +1,7 @@
 """Geometries: the spaces flows live on (points, tangent vectors, metrics, base distributions)."""
 
 from flowmatch.geometry.base import Geometry
+from flowmatch.geometry.discrete import Discrete
 from flowmatch.geometry.euclidean import Euclidean
 from flowmatch.geometry.geoopt_adapter import GeooptGeometry, as_geometry
 from flowmatch.geometry.hyperbolic import Hyperbolic
@@ -10,8 +11,7 @@ from flowmatch.geometry.spd import SPD
 from flowmatch.geometry.sphere import Sphere
 from flowmatch.geometry.torus import FlatTorus
 
-__all__ = ["Geometry", "Euclidean", "GeooptGeometry", "Product", "as_geometry"]
-__all__ += ["Sphere", "FlatTorus", "Hyperbolic", "SO3", "SPD"]
-from flowmatch.geometry.discrete import Discrete  # noqa: E402
-
-__all__ += ["Discrete"]
+__all__ = [
+    "Geometry", "Euclidean", "Sphere", "FlatTorus", "Hyperbolic", "SO3", "SPD", "Discrete",
+    "Product", "GeooptGeometry", "as_geometry",
+]

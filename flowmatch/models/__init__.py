@@ -1,9 +1,16 @@
 """Velocity fields: networks and the wrappers that adapt them (guidance, projection, conversion).
 
 A velocity field is any ``torch.nn.Module`` (or callable) called as ``field(x, t, **cond)`` with x
-of shape [B, ...] and t of shape [B]; it returns a tangent vector shaped like x.
+of shape [B, ...] and t of shape [B]; it returns a tangent vector shaped like x, or posterior
+logits [..., K] for discrete data.
 """
 
+from flowmatch.models.discrete import (
+    DiscreteGuidance,
+    DiscreteMLP,
+    DiscreteTransformer,
+    ExactPosterior,
+)
 from flowmatch.models.embedding import SinusoidalTimeEmbedding
 from flowmatch.models.guidance import ClassifierFreeGuidance, drop_condition
 from flowmatch.models.mlp import MLP
@@ -12,12 +19,5 @@ from flowmatch.models.wrappers import PredictionConverter, TangentProjected
 __all__ = [
     "MLP", "SinusoidalTimeEmbedding", "ClassifierFreeGuidance", "drop_condition",
     "PredictionConverter", "TangentProjected",
+    "DiscreteMLP", "DiscreteTransformer", "DiscreteGuidance", "ExactPosterior",
 ]
-from flowmatch.models.discrete import (  # noqa: E402
-    DiscreteGuidance,
-    DiscreteMLP,
-    DiscreteTransformer,
-    ExactPosterior,
-)
-
-__all__ += ["DiscreteMLP", "DiscreteTransformer", "DiscreteGuidance", "ExactPosterior"]

@@ -3,11 +3,14 @@
 from flowmatch.paths.affine import AffinePath, CondOTPath
 from flowmatch.paths.base import PathSample, ProbPath
 from flowmatch.paths.coupling import OTCoupling, independent_coupling
+from flowmatch.paths.geodesic import GeodesicPath
+from flowmatch.paths.mixture import MixtureDiscretePath
 from flowmatch.paths.product import ProductPath
 from flowmatch.paths.schedule_transform import ScheduleTransformedField
 from flowmatch.paths.schedulers import (
     CondOTScheduler,
     ConvexScheduler,
+    CosineConvexScheduler,
     CosineScheduler,
     LinearVPScheduler,
     PolynomialScheduler,
@@ -17,18 +20,12 @@ from flowmatch.paths.schedulers import (
 )
 
 __all__ = [
-    "AffinePath", "CondOTPath", "PathSample", "ProbPath", "ScheduleTransformedField",
-    "ProductPath",
-    "Scheduler", "SchedulerOutput",
-    "ConvexScheduler", "CondOTScheduler", "PolynomialScheduler", "CosineScheduler",
-    "LinearVPScheduler", "VPScheduler",
+    # paths
+    "ProbPath", "PathSample", "AffinePath", "CondOTPath", "GeodesicPath", "MixtureDiscretePath",
+    "ProductPath", "ScheduleTransformedField",
+    # schedulers
+    "Scheduler", "SchedulerOutput", "ConvexScheduler", "CondOTScheduler", "PolynomialScheduler",
+    "CosineConvexScheduler", "CosineScheduler", "LinearVPScheduler", "VPScheduler",
+    # couplings
+    "OTCoupling", "independent_coupling",
 ]
-__all__ += ["OTCoupling", "independent_coupling"]
-from flowmatch.paths.mixture import MixtureDiscretePath  # noqa: E402
-from flowmatch.paths.schedulers import CosineConvexScheduler  # noqa: E402
-
-__all__ += ["MixtureDiscretePath", "CosineConvexScheduler"]
-
-from flowmatch.paths.geodesic import GeodesicPath  # noqa: E402
-
-__all__ += ["GeodesicPath"]

@@ -1,18 +1,19 @@
-"""Solvers: integrate a learned velocity field (sampling) and its divergence (likelihood)."""
+"""Solvers: integrate a learned field (sampling) and its divergence (likelihood).
 
+``ODESolver`` (Euclidean, torchdiffeq methods), ``RiemannianODESolver`` (projected or exp-map
+Runge–Kutta on a manifold), ``DiscreteSolver`` (CTMC τ-leaping) and ``ProductSolver`` (all
+factors of a product on one time grid).
+"""
+
+from flowmatch.solvers.ctmc import DiscreteSolver, ctmc_step
 from flowmatch.solvers.divergence import divergence, value_and_divergence
 from flowmatch.solvers.likelihood import AugmentedDynamics, field_value_and_divergence
 from flowmatch.solvers.ode import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, ODESolver
+from flowmatch.solvers.product import ProductSolver
+from flowmatch.solvers.riemannian import RiemannianODESolver
 
 __all__ = [
-    "ODESolver", "METHODS", "FIXED_METHODS", "ADAPTIVE_METHODS",
-    "divergence", "value_and_divergence",
-    "AugmentedDynamics", "field_value_and_divergence",
+    "ODESolver", "RiemannianODESolver", "DiscreteSolver", "ProductSolver", "ctmc_step",
+    "METHODS", "FIXED_METHODS", "ADAPTIVE_METHODS",
+    "divergence", "value_and_divergence", "AugmentedDynamics", "field_value_and_divergence",
 ]
-from flowmatch.solvers.ctmc import DiscreteSolver, ctmc_step  # noqa: E402
-
-__all__ += ["DiscreteSolver", "ctmc_step"]
-
-from flowmatch.solvers.riemannian import RiemannianODESolver  # noqa: E402
-
-__all__ += ["RiemannianODESolver"]
