@@ -169,3 +169,13 @@ def test_joint_training_learns_the_coupling():
     independent = 0.5 * float(-(PI * PI.log()).sum())
     assert float(before) > 0.8 * independent
     assert float(after) < 0.4 * independent, (float(before), float(after))
+
+
+def test_intermediates_are_returned_at_the_grid_points():
+    geometry, path = make_space()
+    x0 = geometry.sample_base(50, dtype=torch.float64)
+    states = ProductSolver(exact_field, geometry, path).sample(
+        x0, time_grid=[0.0, 0.5, 1.0], num_steps=10, return_intermediates=True)
+    assert len(states) == 3
+    assert states[0] is not None and torch.equal(states[0]["label"], x0["label"])
+    assert int((states[-1]["label"] == K).sum()) == 0

@@ -36,6 +36,7 @@ from flowmatch._validation import validation_enabled
 from flowmatch.geometry.discrete import Discrete
 from flowmatch.paths.mixture import Corrector, MixtureDiscretePath, _kappa, source_jump_rate
 from flowmatch.paths.schedulers import ConvexScheduler
+from flowmatch.solvers._grid import forward_step_times
 
 
 def filter_logits(
@@ -241,35 +242,6 @@ class DiscreteSolver:
                             f"{type(path).__name__}")
         self.nfe = 0
 
-    @staticmethod
-    def _grid(time_grid: Sequence[float] | Tensor | None, num_steps: int | None,
-              step_size: float | None) -> tuple[list[float], list[int]]:
-        """The step times, and the indices of the user's grid points among them."""
-        grid = [0.0, 1.0] if time_grid is None else [float(v) for v in torch.as_tensor(
-            time_grid, dtype=torch.float64).reshape(-1)]
-        if len(grid) < 2:
-            raise ValueError(f"time_grid needs at least two times, got {grid}")
-        if any(b <= a for a, b in zip(grid, grid[1:], strict=False)) or grid[0] < 0 or \
-                grid[-1] > 1:
-            raise ValueError(f"time_grid must increase strictly within [0, 1], got {grid}")
-        if num_steps is not None and step_size is not None:
-            raise ValueError("give num_steps or step_size, not both")
-        span = grid[-1] - grid[0]
-        if num_steps is not None:
-            if not (isinstance(num_steps, int) and num_steps >= 1):
-                raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-            step_size = span / num_steps
-        if step_size is not None and not step_size > 0:
-            raise ValueError(f"step_size must be positive, got {step_size}")
-        times, marks = [grid[0]], [0]
-        for a, b in zip(grid, grid[1:], strict=False):
-            # uniform sub-steps inside each interval, so every user grid point is hit exactly
-            n = 1 if step_size is None else max(1, math.ceil((b - a) / step_size - 1e-9))
-            times.extend(a + (b - a) * j / n for j in range(1, n))
-            times.append(b)
-            marks.append(len(times) - 1)
-        return times, marks
-
     @torch.no_grad()
     def sample(
         self,
@@ -302,7 +274,7 @@ class DiscreteSolver:
         space.check_point(x0, "x0")
         if x0.dim() == 0:
             raise ValueError("x0 must have a leading batch dimension, got a scalar")
-        times, marks = self._grid(time_grid, num_steps, step_size)
+        times, marks = forward_step_times(time_grid, num_steps, step_size)
         x = x0.long()
         out = [x] if return_intermediates else None
         batch = x.shape[0]

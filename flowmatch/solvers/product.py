@@ -19,7 +19,6 @@ through the network exactly as it was trained.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -31,34 +30,10 @@ from flowmatch.geometry.discrete import Discrete
 from flowmatch.geometry.product import Product
 from flowmatch.paths.product import ProductPath
 from flowmatch.paths.schedulers import ConvexScheduler
+from flowmatch.solvers._grid import forward_step_times
 from flowmatch.solvers.ctmc import ctmc_step
 
 Point = dict[str, Tensor]
-
-
-def _time_grid(time_grid, num_steps, step_size) -> list[float]:
-    grid = [0.0, 1.0] if time_grid is None else [
-        float(v) for v in torch.as_tensor(time_grid, dtype=torch.float64).reshape(-1)]
-    if len(grid) < 2 or any(not math.isfinite(v) for v in grid):
-        raise ValueError(f"time_grid needs at least two finite times, got {grid}")
-    if any(b <= a for a, b in zip(grid, grid[1:], strict=False)) or grid[0] < 0 or grid[-1] > 1:
-        raise ValueError(
-            f"time_grid must increase strictly within [0, 1] (discrete factors cannot run "
-            f"backwards), got {grid}"
-        )
-    if num_steps is not None and step_size is not None:
-        raise ValueError(f"give num_steps or step_size, not both (got {num_steps}, {step_size})")
-    if num_steps is not None:
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-        step_size = (grid[-1] - grid[0]) / num_steps
-    if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
-    times = [grid[0]]
-    for a, b in zip(grid, grid[1:], strict=False):
-        n = 1 if step_size is None else max(1, math.ceil((b - a) / step_size - 1e-9))
-        times.extend(a + (b - a) * j / n for j in range(1, n + 1))
-    return times
 
 
 class ProductSolver:
@@ -146,8 +121,8 @@ class ProductSolver:
         shape [``batch_size``] (default: the leading size of the first continuous factor, or
         of the first factor). ``discrete_options`` maps a discrete factor to keyword arguments
         of :func:`ctmc_step` (``eta``, ``corrector``, ``temperature``, ``top_k``, ``top_p``,
-        ``keep_unmasked``). With ``return_intermediates`` returns the list of states at every
-        step time (the first is x0).
+        ``keep_unmasked``). With ``return_intermediates`` returns the list of states at the
+        ``time_grid`` points (the first is x0).
         """
         geometry = self.geometry
         geometry.check_point(x0, "x0")
@@ -161,7 +136,8 @@ class ProductSolver:
         unknown = sorted(set(options) - set(geometry.discrete_factors))
         if unknown:
             raise ValueError(f"discrete_options names factors that are not discrete: {unknown}")
-        times = _time_grid(time_grid, num_steps, step_size)
+        times, marks = forward_step_times(time_grid, num_steps, step_size)
+        marks = set(marks)
 
         continuous = list(geometry.continuous_factors)
         discrete = list(geometry.discrete_factors)
@@ -173,7 +149,7 @@ class ProductSolver:
         x: Point = {k: (v.long() if k in discrete else v) for k, v in x0.items()}
         trajectory = [x] if return_intermediates else None
         self.nfe = 0
-        for t, t_next in zip(times, times[1:], strict=False):
+        for i, (t, t_next) in enumerate(zip(times, times[1:], strict=False)):
             h = t_next - t
             out = self._call(x, t, batch, device, t_dtype, cond)
             new: Point = {}
@@ -191,7 +167,7 @@ class ProductSolver:
                 new[k] = ctmc_step(x[k], out[k], t, h, self.schedulers[k],
                                    geometry.factors[k], generator=generator, **options.get(k, {}))
             x = new
-            if trajectory is not None:
+            if trajectory is not None and i + 1 in marks:
                 trajectory.append(x)
         return trajectory if trajectory is not None else x
 
