@@ -227,7 +227,7 @@ def main(argv=None) -> int:
             for x1 in batches:
                 loss = step(model, opt, x1, noise_gens[s])
             rates[s].append(n / (time.perf_counter() - t0))
-            final_loss[s] = float(loss)
+            final_loss[s] = float(loss.detach())
         done += n
         print(f"  {done}/{steps} steps", file=sys.stderr)
 
