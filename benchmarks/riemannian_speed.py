@@ -10,8 +10,9 @@ Sampling = integrate the trained-at-init network from uniform noise over [0, 1].
 
 flowmatch computes the conditional velocity in closed form (a second logmap); the peer
 differentiates the geodesic with ``vmap(jvp(...))``. The two paths are checked to agree before
-timing. Timings are interleaved in one process (blocks of ours / peer's, median over blocks), so
-outside load on the shared machine affects both alike; the thread count is recorded.
+timing. Timings are interleaved in one process (blocks of ours / peer's, in alternating order,
+median over blocks), so outside load on the shared machine affects both alike; the thread count
+is recorded.
 """
 
 from __future__ import annotations
@@ -141,12 +142,14 @@ def run_case(case: str, hidden: int, layers: int, batch: int, blocks: int, train
     train_peer(2)  # warm-up (allocator, vmap tracing)
     t_train = {"ours": [], "peer": []}
     t_samp = {"ours": [], "peer": []}
-    for _ in range(blocks):
-        for who, fn in (("ours", train_ours), ("peer", train_peer)):
+    for block in range(blocks):
+        # alternate who goes first, so an order effect (allocator, caches) cancels out
+        flip = -1 if block % 2 else 1
+        for who, fn in (("ours", train_ours), ("peer", train_peer))[::flip]:
             t0 = time.perf_counter()
             fn(train_steps)
             t_train[who].append(train_steps / (time.perf_counter() - t0))
-        for who, fn in (("ours", sample_ours), ("peer", sample_peer)):
+        for who, fn in (("ours", sample_ours), ("peer", sample_peer))[::flip]:
             t0 = time.perf_counter()
             with torch.no_grad():
                 fn()
