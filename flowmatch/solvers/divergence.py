@@ -15,13 +15,17 @@ batch).
 unbiased estimate. With S = (J + Jᵀ)/2 its variance is 2‖S‖_F² for Gaussian probes and
 2(‖S‖_F² − Σ_i S_ii²) for Rademacher probes (±1), which are therefore the default.
 
-*On an embedded submanifold* (``proju`` given: P_x is the orthogonal projection onto the
-tangent space T_x of a manifold embedded in the ambient coordinates, with the induced metric),
-the Riemannian divergence of a tangent field is the trace of u ↦ P J u restricted to T_x, which
-equals tr(P J P) in ambient coordinates because P is idempotent. We compute
+*On an embedded submanifold* (``proju`` given: P_x projects the ambient coordinates onto the
+tangent space T_x, and the Levi-Civita connection is the projected ambient derivative,
+∇_w u = P (J w) — the sphere, SO(3) and the torus with the induced metric, and the Lorentz
+hyperboloid with the Minkowski projection), the Riemannian divergence of a tangent field is the
+trace of w ↦ P J w restricted to T_x, which is tr(P J P) = tr(J P) in ambient coordinates since
+P is idempotent (cyclicity). P need not be symmetric (the hyperboloid's is not), so we compute
 
-    exact:       Σ_i ⟨Jᵀ P e_i, P e_i⟩ = tr(P J P),
-    Hutchinson:  (Pε)ᵀ J (Pε) with E[Pε εᵀP] = P, so E = tr(P J P).
+    exact:       Σ_i e_iᵀ J (P e_i) = tr(J P),
+    Hutchinson:  εᵀ J (P ε) with E[ε εᵀ] = I, so E = tr(J P).
+
+(The symmetric form (Pε)ᵀ J (Pε) would give tr(Pᵀ J P), wrong for an oblique P.)
 
 Only derivatives along tangent directions enter, so the value does not depend on how the field
 is extended off the manifold.
@@ -109,12 +113,12 @@ def divergence_of_output(
     if not exact:
         if probe is None:
             raise ValueError("exact=False needs a probe tensor (see sample_probe)")
-        eps = probe if proju is None else proju(x, probe)
-        (vjp,) = torch.autograd.grad(v, x, eps, create_graph=create_graph, retain_graph=True,
-                                     allow_unused=True)
+        (vjp,) = torch.autograd.grad(v, x, probe, create_graph=create_graph,
+                                     retain_graph=True, allow_unused=True)
         if vjp is None:
             return torch.zeros(x.shape[0], dtype=v.dtype, device=v.device)
-        return _sum_event(vjp * eps)
+        # εᵀ J (P ε): the probe on the left, its projection on the right (tr(J P))
+        return _sum_event(vjp * (probe if proju is None else proju(x, probe)))
 
     batch = x.shape[0]
     d = x[0].numel()
@@ -124,17 +128,16 @@ def divergence_of_output(
         basis = torch.zeros((batch, d), dtype=v.dtype, device=v.device)
         basis[:, i] = 1.0
         e = basis.view(x.shape)
-        if proju is not None:
-            e = proju(x, e)
         (vjp,) = torch.autograd.grad(v, x, e, create_graph=create_graph, retain_graph=True,
                                      allow_unused=True)
         if vjp is None:
             break
         if proju is None:
-            # e_iᵀ Jᵀ e_i = J_ii: read the diagonal entry instead of a full dot product
+            # e_iᵀ J e_i = J_ii: read the diagonal entry instead of a full dot product
             div = div + vjp.reshape(batch, d)[:, i]
         else:
-            div = div + _sum_event(vjp * e)
+            # e_iᵀ J (P e_i), the i-th diagonal entry of J P
+            div = div + _sum_event(vjp * proju(x, e))
     return div
 
 
@@ -200,7 +203,7 @@ def divergence(
         x: points [B, *event], any event shape (e.g. [B, C, H, W]).
         exact: trace of the Jacobian from D vector–Jacobian products (D = event size); else
             one Hutchinson probe (unbiased, noisy: average calls or use ``exact``).
-        proju: ``proju(x, u)``, orthogonal projection of ambient u onto the tangent space at x;
+        proju: ``proju(x, u)``, the projection of ambient u onto the tangent space at x;
             the result is then the divergence on the embedded submanifold, tr(P J P).
         probe: "rademacher" (default without ``proju``), "gaussian" (default with ``proju``),
             or a fixed ambient probe tensor shaped like x.
