@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-steps", type=int, default=None,
                     help="training steps per system (default 600; quick 40)")
     ap.add_argument("--block", type=int, default=None,
-                    help="steps per interleaved timing block (default steps/6)")
+                    help="steps per interleaved timing block (default steps/12)")
     ap.add_argument("--samples", type=int, default=None,
                     help="samples drawn per timing repeat (default 50,000; quick 5,000)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -190,8 +190,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    load_start = os.getloadavg()[0]
     steps = args.train_steps or (40 if args.quick else 600)
-    block = args.block or max(1, steps // 6)
+    block = args.block or max(1, steps // 12)
     n_samples = args.samples or (5_000 if args.quick else 50_000)
     n_nll = args.nll_points or (300 if args.quick else 2_000)
     torch.set_num_threads(args.threads)
@@ -217,9 +218,14 @@ def main(argv=None) -> int:
     print(f"training {len(systems)} systems × {steps} steps, batch {args.batch}, "
           f"threads {args.threads}", file=sys.stderr)
     done = 0
+    rounds = 0
     while done < steps:
         n = min(block, steps - done)
-        for s in systems:
+        # rotate the order every round so no system always runs first (or right after the
+        # data generation) — a fixed order biased the ratios by ~10 % on a loaded machine
+        order = systems[rounds % len(systems):] + systems[: rounds % len(systems)]
+        rounds += 1
+        for s in order:
             model, opt, step = models[s], opts[s], available[s]
             batches = [data.sample(args.batch, generator=data_gens[s]) for _ in range(n)]
             torch.manual_seed(args.seed + done)  # torchcfm's internal t
@@ -241,19 +247,24 @@ def main(argv=None) -> int:
     x0 = torch.randn(n_samples, 2, generator=torch.Generator().manual_seed(args.seed + 3))
     t_mid = torch.full((n_samples,), 0.5)
     sample_times = {s: [] for s in samplers}
+    ratios = {s: [] for s in samplers}
     nfe = {}
     bare = []
-    samples = {}
+    names = list(samplers)
     with torch.inference_mode():
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            models["flowmatch"](x0, t_mid)
-            bare.append(time.perf_counter() - t0)
-            for s, fn in samplers.items():
+        for rep in range(args.repeats):
+            for s in names[rep % len(names):] + names[: rep % len(names)]:
+                # the bare forward is timed right before each sampler run, so the ratio
+                # compares the two under the same machine conditions
                 t0 = time.perf_counter()
-                out, nfe[s] = fn(x0)
-                sample_times[s].append(time.perf_counter() - t0)
-                samples[s] = out
+                models[s](x0, t_mid)
+                one = time.perf_counter() - t0
+                bare.append(one)
+                t0 = time.perf_counter()
+                _, nfe[s] = samplers[s](x0)
+                took = time.perf_counter() - t0
+                sample_times[s].append(took)
+                ratios[s].append(took / (nfe[s] * one))
     bare_s = median(bare)
 
     # -- quality: every model sampled by the same solver, W2 and NLL by the same evaluator -----
@@ -286,7 +297,7 @@ def main(argv=None) -> int:
         ]
         if s in samplers:
             st = median(sample_times[s])
-            ratio = st / (nfe[s] * bare_s)
+            ratio = median(ratios[s])
             line += f"{st:>10.2f}{nfe[s]:>5d}{ratio:>7.3f}"
             rows += [
                 {"system": s, "metric": "sample_seconds", "value": st, "unit": "s",
@@ -310,14 +321,17 @@ def main(argv=None) -> int:
     config = {
         "threads": args.threads, "batch": args.batch, "train_steps": steps, "block": block,
         "samples": n_samples, "repeats": args.repeats, "nll_points": n_nll, "seed": args.seed,
-        "bare_forward_s": bare_s, "quick": args.quick, "torch": torch.__version__,
+        "bare_forward_s": bare_s, "quick": args.quick,
+        "loadavg_1min_start": load_start, "loadavg_1min_end": os.getloadavg()[0],
+        "torch": torch.__version__,
         "python": platform.python_version(), "missing_peers": missing,
         "model": "MLP 4x512 SiLU, sinusoidal time embedding", "optimizer": "AdamW lr 1e-3",
         "sampling": "midpoint, 20 steps", "nll": "exact divergence, RK4 100 steps",
     }
     print(f"(threads {args.threads}, batch {args.batch}, {steps} steps per system, "
-          f"median of {len(rates['plain torch'])} interleaved blocks; sampling {n_samples} "
-          f"points, median of {args.repeats}; bare forward {bare_s * 1e3:.1f} ms)")
+          f"median of {len(rates['plain torch'])} interleaved blocks in rotating order; sampling "
+          f"{n_samples} points, median of {args.repeats}; bare forward {bare_s * 1e3:.1f} ms; "
+          f"1-min load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end)")
     if args.json:
         args.json.write_text(json.dumps({"benchmark": "euclidean_2d", "config": config,
                                          "rows": rows}, indent=2))
