@@ -46,11 +46,19 @@ def render(doc: dict, source: str) -> str:
         for k, u, b in metrics
     ]
     lines = [f"### {doc['benchmark']}", "", f"Source: `{source}`", ""]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for s in systems:
-        lines.append("| " + " | ".join([s] + [cells.get((s, k), "—") for k, _, _ in metrics])
-                     + " |")
+    if len(metrics) > 6 and len(metrics) > len(systems):
+        # many metrics, few systems: one row per metric reads better
+        lines.append("| metric | " + " | ".join(systems) + " |")
+        lines.append("|" + "---|" * (len(systems) + 1))
+        for (k, _, _), label in zip(metrics, head[1:], strict=True):
+            lines.append("| " + " | ".join([label] + [cells.get((s, k), "—") for s in systems])
+                         + " |")
+    else:
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for s in systems:
+            lines.append("| " + " | ".join([s] + [cells.get((s, k), "—") for k, _, _ in metrics])
+                         + " |")
     config = doc.get("config", {})
     if config:
         shown = ", ".join(f"{k}={v}" for k, v in config.items() if not isinstance(v, (dict, list)))
