@@ -3,12 +3,17 @@
     python benchmarks/sphere_earth.py [--quick] [--json PATH] [--data-dir DIR] [--plot PATH]
 
 For each catalogue (volcano, earthquake, flood, fire) and each seed: a seeded random 80/10/10
-split (flowmatch.data.earth.seeded_split), a tangent-projected MLP trained by Riemannian CFM on
-the geodesic CondOT path (flowmatch.training.fit), and the exact test NLL from the Riemannian
+split (flowmatch.data.earth.seeded_split), a tangent-projected MLP on x and random Fourier
+features of x (FourierFeatures) trained by Riemannian CFM on the geodesic CondOT path
+(flowmatch.training.fit), and the exact test NLL from the Riemannian
 ODE likelihood (RK4, exact divergence on S²) with the EMA weights. Beside it: a von
 Mises–Fisher kernel density estimate whose concentration is chosen on the validation split, and
 the published numbers. NLLs are in nats w.r.t. the area of the unit sphere (uniform: log 4π ≈
 2.531). The training budget (CPU seconds of this process) is printed and written.
+
+Recipe (chosen on the validation split of fire, seed 0, 1,500-step runs; see the commit
+history): 256 Fourier features with σ = 10 lowered the validation NLL from 0.06 (raw x) to
+−0.55 at 1.2× the step cost, more than a 4×512 MLP (−0.44 at 2.7× the cost) or lr 1e-3.
 
 The catalogues repeat locations (volcano: 827 events at 267 distinct places), so test events
 often coincide with training events; a model can lower the volcano NLL without bound by putting
@@ -64,6 +69,33 @@ PUBLISHED: dict[str, dict[str, float]] = {
 
 
 # -- model ------------------------------------------------------------------------------------
+class FourierFeatures(nn.Module):
+    """x ↦ [x, sin(x Bᵀ), cos(x Bᵀ)] with a fixed Gaussian matrix B [m, n], B_ij ~ N(0, σ²).
+
+    An MLP on the raw R³ coordinates is biased towards slowly varying functions, so its density
+    stays smoother than the catalogues (fire, flood and volcano are concentrated along coasts
+    and plate boundaries). Random Fourier features (Tancik et al. 2020) let the first layer see
+    plane waves e^{i b·x} of wavelength ≈ 2π/σ on the unit sphere. The restriction to S² is
+    smooth, so the likelihood integration stays well conditioned (checked by the doubled-step
+    run of the benchmark). B is a buffer drawn from its own seeded generator: the same features
+    for every seed of a benchmark and in every checkpoint.
+    """
+
+    B: Tensor
+
+    def __init__(self, in_dim: int, num: int, scale: float, seed: int = 0) -> None:
+        super().__init__()
+        if num < 1 or not scale > 0:
+            raise ValueError(f"need num ≥ 1 and scale > 0, got num={num}, scale={scale}")
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("B", torch.randn(in_dim, num, generator=gen) * scale)
+        self.out_dim = in_dim + 2 * num
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = x @ self.B.to(x.dtype)
+        return torch.cat([x, torch.sin(z), torch.cos(z)], dim=-1)
+
+
 class AmbientField(nn.Module):
     """An MLP on ambient features of x and a sinusoidal embedding of t.
 
@@ -205,12 +237,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--fourier", type=int, default=None,
+                    help="random Fourier features of x (0: the raw coordinates only)")
+    ap.add_argument("--fourier-scale", type=float, default=10.0,
+                    help="σ of the Fourier frequency matrix")
     ap.add_argument("--eval-steps", type=int, default=None, help="RK4 steps of the likelihood")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     steps = args.steps or (250 if args.quick else 6000)
+    fourier = args.fourier if args.fourier is not None else (32 if args.quick else 256)
     hidden = args.hidden or (64 if args.quick else 256)
     layers = args.layers or (3 if args.quick else 4)
     batch = args.batch or (256 if args.quick else 512)
@@ -231,8 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
             k_nll, k = vmf_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
             kde.append(k_nll)
             kappas.append(k)
+            feats = FourierFeatures(3, fourier, args.fourier_scale) if fourier else None
             field, c = train_flow(g, x[tr], hidden=hidden, layers=layers, steps=steps,
-                                  batch=batch, lr=args.lr, seed=seed)
+                                  batch=batch, lr=args.lr, seed=seed, features=feats,
+                                  in_dim=feats.out_dim if feats is not None else 3)
             cpu += c
             flow.append(float(flow_nll(g, field, x[te], method="rk4",
                                        num_steps=eval_steps).mean()))
@@ -288,7 +327,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  discretisation check ({n}, seed 0): RK4 × {eval_steps} → {a:.4f}, "
               f"RK4 × {2 * eval_steps} → {b:.4f}")
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP, {steps} steps of batch "
+    feat_note = (f"[x, sin/cos of {fourier} random Fourier features, σ={args.fourier_scale:g}]"
+                 if fourier else "raw x")
+    print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP on {feat_note}, {steps} "
+          f"steps of batch "
           f"{batch}, AdamW lr {args.lr:g} cosine, EMA min(0.999, 1 − 10/steps); likelihood "
           f"RK4 × {eval_steps} steps, exact divergence; total wall {wall:.0f}s, CPU {cpu:.0f}s)")
 
@@ -314,7 +356,9 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "sphere_earth",
         "config": {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
                    "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
-                   "lr": args.lr, "likelihood": f"rk4 x {eval_steps}, exact divergence",
+                   "lr": args.lr, "fourier_features": fourier,
+                   "fourier_scale": args.fourier_scale,
+                   "likelihood": f"rk4 x {eval_steps}, exact divergence",
                    "split": "seeded random 80/10/10 (flowmatch.data.earth.seeded_split)",
                    "wall_s": wall, "cpu_s": cpu,
                    "discretisation_check": {n: {"steps": eval_steps, "nll": a,
