@@ -3,7 +3,8 @@
     python benchmarks/torus_rna.py [--quick] [--json PATH] [--data-dir DIR]
 
 Seeded random 80/10/10 splits of the 9,478 nucleotides (flowmatch.data.earth.seeded_split),
-an MLP on (cos θ, sin θ) features trained by Riemannian CFM on the geodesic CondOT path of
+an MLP on (cos θ, sin θ) and integer-frequency Fourier features (TorusFourierFeatures)
+trained by Riemannian CFM on the geodesic CondOT path of
 FlatTorus(7), and the exact test NLL from the Riemannian ODE likelihood (RK4, exact 7-term
 divergence) with the EMA weights. Beside it: a product-von-Mises kernel density estimate whose
 concentration is chosen on the validation split, the uniform density (7 log 2π ≈ 12.86) and the
@@ -24,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sphere_earth import flow_nll, train_flow  # noqa: E402
@@ -41,6 +42,30 @@ PUBLISHED = {"published: Riemannian flow matching (Chen & Lipman 2024)": -5.20}
 def angle_features(x: Tensor) -> Tensor:
     """(cos θ, sin θ) of every angle: a smooth, periodic embedding of T⁷ in R¹⁴."""
     return torch.cat([torch.cos(x), torch.sin(x)], dim=-1)
+
+
+class TorusFourierFeatures(nn.Module):
+    """θ ↦ [cos θ, sin θ, cos(θ K), sin(θ K)] with a fixed integer matrix K [7, m].
+
+    The torus analogue of random Fourier features: K_dj = round(N(0, σ²)), so every feature
+    cos(k_j · θ) is a well-defined smooth function on T⁷ (integer frequencies keep it periodic
+    in each angle) and mixes several torsions, which the per-angle (cos, sin) pair does not.
+    Drawn from its own seeded generator: the same features for every seed.
+    """
+
+    K: Tensor
+
+    def __init__(self, dim: int, num: int, scale: float, seed: int = 0) -> None:
+        super().__init__()
+        if num < 1 or not scale > 0:
+            raise ValueError(f"need num ≥ 1 and scale > 0, got num={num}, scale={scale}")
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("K", torch.round(torch.randn(dim, num, generator=gen) * scale))
+        self.out_dim = 2 * dim + 2 * num
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = x @ self.K.to(x.dtype)
+        return torch.cat([torch.cos(x), torch.sin(x), torch.cos(z), torch.sin(z)], dim=-1)
 
 
 def von_mises_kde_nll(centers: Tensor, x: Tensor, kappa: float, chunk: int = 512) -> Tensor:
@@ -75,6 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--fourier", type=int, default=None,
+                    help="integer-frequency Fourier features (0: per-angle cos, sin only)")
+    ap.add_argument("--fourier-scale", type=float, default=2.0,
+                    help="σ of the integer frequency matrix")
     ap.add_argument("--eval-steps", type=int, default=None, help="RK4 steps of the likelihood")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -85,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     layers = args.layers or (3 if args.quick else 4)
     batch = args.batch or (256 if args.quick else 512)
     eval_steps = args.eval_steps or (20 if args.quick else 50)
+    fourier = args.fourier if args.fourier is not None else (32 if args.quick else 128)
     path = args.data_dir / "torus" / "rna.tsv"
     if not path.is_file():
         sys.exit(f"RNA data not found at {path} (pass --data-dir)")
@@ -97,9 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
         k_nll, k = von_mises_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
         kde.append(k_nll)
         kappas.append(k)
+        feats = (TorusFourierFeatures(7, fourier, args.fourier_scale) if fourier
+                 else angle_features)
         field, c = train_flow(g, x[tr], hidden=hidden, layers=layers, steps=steps, batch=batch,
-                              lr=args.lr, seed=seed, features=angle_features, in_dim=14,
-                              out_dim=7)
+                              lr=args.lr, seed=seed, features=feats,
+                              in_dim=feats.out_dim if fourier else 14, out_dim=7)
         cpu += c
         flow.append(float(flow_nll(g, field, x[te], method="rk4", num_steps=eval_steps).mean()))
         if seed == 0:
@@ -129,7 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'uniform on T⁷ (7 log 2π)':58s}{7 * math.log(2 * math.pi):16.2f}")
     print(f"  discretisation check (seed 0): RK4 × {check['steps']} → {check['nll']:.4f}, "
           f"RK4 × {check['steps_x2']} → {check['nll_x2']:.4f}")
-    print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP on (cos, sin) features, "
+    feat_note = (f"(cos, sin) + {fourier} integer Fourier features σ={args.fourier_scale:g}"
+                 if fourier else "(cos, sin) features")
+    print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP on {feat_note}, "
           f"{steps} steps of batch {batch}, AdamW lr {args.lr:g} cosine; likelihood RK4 × "
           f"{eval_steps}, exact divergence; training {cpu:.0f} CPU s over {args.seeds} "
           f"seeds; total wall {wall:.0f}s, CPU {cpu_all:.0f}s)")
@@ -147,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "torus_rna",
         "config": {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
                    "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
-                   "lr": args.lr, "likelihood": f"rk4 x {eval_steps}, exact divergence",
+                   "lr": args.lr, "fourier_features": fourier,
+                   "fourier_scale": args.fourier_scale,
+                   "likelihood": f"rk4 x {eval_steps}, exact divergence",
                    "kde_kappas": kappas, "wall_s": wall, "cpu_s": cpu_all,
                    "discretisation_check": check,
                    "command": "python benchmarks/torus_rna.py " + " ".join(
