@@ -97,6 +97,13 @@ def test_parity_with_diffusers_step_by_step():
     theirs.set_timesteps(sigmas=grid, mu=1.3)
     ours.set_timesteps(sigmas=grid, mu=1.3)
     torch.testing.assert_close(ours.sigmas, theirs.sigmas, atol=1e-6, rtol=0)
+    # μ used as the shift itself (diffusers' time_shift_type="linear")
+    kw = dict(use_dynamic_shifting=True, time_shift_type="linear")
+    theirs = diffusers.FlowMatchEulerDiscreteScheduler(**kw)
+    ours = FlowMatchScheduler(**kw)
+    theirs.set_timesteps(sigmas=grid, mu=2.5)
+    ours.set_timesteps(sigmas=grid, mu=2.5)
+    torch.testing.assert_close(ours.sigmas, theirs.sigmas, atol=1e-6, rtol=0)
 
 
 def test_scale_noise_and_step_contract():
@@ -133,6 +140,11 @@ def test_scheduler_bad_config():
         FlowMatchScheduler().set_timesteps(sigmas=[0.2, 0.5])
     with pytest.raises(ValueError, match="stochastic_sampling"):
         FlowMatchScheduler(method="heun", stochastic_sampling=True)
+    with pytest.raises(ValueError, match="time_shift_type"):
+        FlowMatchScheduler(time_shift_type="cubic")
+    with pytest.raises(ValueError, match="mu must be finite"):
+        FlowMatchScheduler(use_dynamic_shifting=True, time_shift_type="linear").set_timesteps(
+            4, mu=-1.0)
 
 
 # -- a real diffusers video pipeline, tiny random components, nothing downloaded ------------

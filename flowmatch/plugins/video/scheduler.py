@@ -60,10 +60,12 @@ class FlowMatchScheduler:
     Args:
         num_train_timesteps: the model's ``timestep`` is this times σ.
         shift: static shift σ' = sσ/(1 + (s − 1)σ) (s > 0).
-        use_dynamic_shifting: shift with s = e^μ where ``set_timesteps`` receives μ (as
-            diffusers; μ is ignored otherwise, also as diffusers). ``base_shift``,
-            ``max_shift``, ``base_image_seq_len``, ``max_image_seq_len`` are stored for
-            pipelines that compute μ from the token count.
+        use_dynamic_shifting: shift by the μ that ``set_timesteps`` receives (as diffusers;
+            μ is ignored otherwise, also as diffusers). ``base_shift``, ``max_shift``,
+            ``base_image_seq_len``, ``max_image_seq_len`` are stored for pipelines that compute
+            μ from the token count (LTX, Flux: μ linear in the number of latent tokens).
+        time_shift_type: how μ becomes a static shift: "exponential" s = e^μ (diffusers'
+            default, LTX), or "linear" s = μ (μ > 0).
         shift_terminal: stretch the schedule so its last σ is this value (LTX).
         sigma_min: smallest nonzero σ of the default linear grid.
         method: "euler" (order 1), "heun" or "midpoint" (order 2, two model calls per step).
@@ -85,6 +87,7 @@ class FlowMatchScheduler:
         base_image_seq_len: int = 256,
         max_image_seq_len: int = 4096,
         shift_terminal: float | None = None,
+        time_shift_type: Literal["exponential", "linear"] = "exponential",
         sigma_min: float = 1.0 / 1000,
         method: Method = "euler",
         stochastic_sampling: bool = False,
@@ -100,13 +103,17 @@ class FlowMatchScheduler:
             raise ValueError(f"shift_terminal must lie in (0, 1), got {shift_terminal}")
         if stochastic_sampling and method != "euler":
             raise ValueError("stochastic_sampling is defined for method='euler' only")
+        if time_shift_type not in ("exponential", "linear"):
+            raise ValueError(f"time_shift_type must be 'exponential' or 'linear', got "
+                             f"{time_shift_type!r}")
         self.config = SchedulerConfig(
             num_train_timesteps=int(num_train_timesteps), shift=float(shift),
             use_dynamic_shifting=bool(use_dynamic_shifting), base_shift=base_shift,
             max_shift=max_shift, base_image_seq_len=base_image_seq_len,
             max_image_seq_len=max_image_seq_len, shift_terminal=shift_terminal,
-            sigma_min=sigma_min, method=method, stochastic_sampling=bool(stochastic_sampling),
-            final_euler=bool(final_euler), invert_sigmas=False,
+            time_shift_type=time_shift_type, sigma_min=sigma_min, method=method,
+            stochastic_sampling=bool(stochastic_sampling), final_euler=bool(final_euler),
+            invert_sigmas=False,
         )
         self.order = 1 if method == "euler" else 2
         self.init_noise_sigma = 1.0
@@ -161,11 +168,20 @@ class FlowMatchScheduler:
 
         ``sigmas`` (decreasing, without the final 0) replaces the default linear grid and is
         then shifted, as in diffusers; ``timesteps`` alone means sigmas = timesteps / N_train.
+        With ``use_dynamic_shifting`` the shift is s = e^μ (or μ for ``time_shift_type=
+        "linear"``) — what LTXPipeline passes: sigmas = linspace(1, 1/N, N) and μ from the
+        latent token count — followed by the ``shift_terminal`` stretch if configured.
         """
         cfg = self.config
-        if cfg.use_dynamic_shifting and mu is None:
-            raise ValueError("mu must be passed when use_dynamic_shifting is True")
-        shift = math.exp(mu) if cfg.use_dynamic_shifting else self._shift
+        if cfg.use_dynamic_shifting:
+            if mu is None:
+                raise ValueError("mu must be passed when use_dynamic_shifting is True")
+            if not math.isfinite(mu) or (cfg.time_shift_type == "linear" and mu <= 0):
+                raise ValueError(f"mu must be finite (and > 0 for time_shift_type='linear'), "
+                                 f"got {mu}")
+            shift = math.exp(mu) if cfg.time_shift_type == "exponential" else float(mu)
+        else:
+            shift = self._shift
         if sigmas is None and timesteps is not None:
             sigmas = torch.as_tensor(timesteps, dtype=torch.float64) / cfg.num_train_timesteps
         if sigmas is not None:
