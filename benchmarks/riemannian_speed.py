@@ -33,10 +33,10 @@ from torch import Tensor, nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sphere_earth import AmbientField  # noqa: E402
-from torus_rna import angle_features  # noqa: E402
 
 from flowmatch.geometry.sphere import Sphere  # noqa: E402
 from flowmatch.geometry.torus import FlatTorus  # noqa: E402
+from flowmatch.models.features import TorusFourierFeatures  # noqa: E402
 from flowmatch.paths.geodesic import GeodesicPath  # noqa: E402
 from flowmatch.solvers.riemannian import RiemannianODESolver  # noqa: E402
 from flowmatch.training.loss import cfm_loss  # noqa: E402
@@ -73,7 +73,9 @@ def make_case(name: str, hidden: int, layers: int):
         net = AmbientField(3, 3, hidden=hidden, layers=layers)
     else:
         g, pm = FlatTorus(7), PeerTorus()
-        net = AmbientField(14, 7, hidden=hidden, layers=layers, features=angle_features)
+        # (cos θ, sin θ) of the 7 angles: the plain embedding of T⁷ in R¹⁴
+        net = AmbientField(14, 7, hidden=hidden, layers=layers,
+                           features=TorusFourierFeatures(7))
     return g, pm, net
 
 

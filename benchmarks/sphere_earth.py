@@ -4,8 +4,8 @@
 
 For each catalogue (volcano, earthquake, flood, fire) and each seed: a seeded random 80/10/10
 split (flowmatch.data.earth.seeded_split), a tangent-projected MLP on x and random Fourier
-features of x (FourierFeatures) trained by Riemannian CFM on the geodesic CondOT path
-(flowmatch.training.fit), and the exact test NLL from the Riemannian
+features of x (flowmatch.models.RandomFourierFeatures) trained by Riemannian CFM on the
+geodesic CondOT path (flowmatch.training.fit), and the exact test NLL from the Riemannian
 ODE likelihood (RK4, exact divergence on S²) with the EMA weights. Beside it: a von
 Mises–Fisher kernel density estimate whose concentration is chosen on the validation split, and
 the published numbers. NLLs are in nats w.r.t. the area of the unit sphere (uniform: log 4π ≈
@@ -47,6 +47,7 @@ from flowmatch.data.earth import (  # noqa: E402
 from flowmatch.geometry.base import Geometry  # noqa: E402
 from flowmatch.geometry.sphere import Sphere  # noqa: E402
 from flowmatch.models.embedding import SinusoidalTimeEmbedding  # noqa: E402
+from flowmatch.models.features import RandomFourierFeatures  # noqa: E402
 from flowmatch.models.wrappers import TangentProjected  # noqa: E402
 from flowmatch.paths.geodesic import GeodesicPath  # noqa: E402
 from flowmatch.solvers.riemannian import RiemannianODESolver  # noqa: E402
@@ -69,33 +70,6 @@ PUBLISHED: dict[str, dict[str, float]] = {
 
 
 # -- model ------------------------------------------------------------------------------------
-class FourierFeatures(nn.Module):
-    """x ↦ [x, sin(x Bᵀ), cos(x Bᵀ)] with a fixed Gaussian matrix B [m, n], B_ij ~ N(0, σ²).
-
-    An MLP on the raw R³ coordinates is biased towards slowly varying functions, so its density
-    stays smoother than the catalogues (fire, flood and volcano are concentrated along coasts
-    and plate boundaries). Random Fourier features (Tancik et al. 2020) let the first layer see
-    plane waves e^{i b·x} of wavelength ≈ 2π/σ on the unit sphere. The restriction to S² is
-    smooth, so the likelihood integration stays well conditioned (checked by the doubled-step
-    run of the benchmark). B is a buffer drawn from its own seeded generator: the same features
-    for every seed of a benchmark and in every checkpoint.
-    """
-
-    B: Tensor
-
-    def __init__(self, in_dim: int, num: int, scale: float, seed: int = 0) -> None:
-        super().__init__()
-        if num < 1 or not scale > 0:
-            raise ValueError(f"need num ≥ 1 and scale > 0, got num={num}, scale={scale}")
-        gen = torch.Generator().manual_seed(seed)
-        self.register_buffer("B", torch.randn(in_dim, num, generator=gen) * scale)
-        self.out_dim = in_dim + 2 * num
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = x @ self.B.to(x.dtype)
-        return torch.cat([x, torch.sin(z), torch.cos(z)], dim=-1)
-
-
 class AmbientField(nn.Module):
     """An MLP on ambient features of x and a sinusoidal embedding of t.
 
@@ -268,7 +242,13 @@ def main(argv: list[str] | None = None) -> dict:
             k_nll, k = vmf_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
             kde.append(k_nll)
             kappas.append(k)
-            feats = FourierFeatures(3, fourier, args.fourier_scale) if fourier else None
+            # An MLP on the raw R³ coordinates is biased towards slowly varying functions, so
+            # its density stays smoother than the catalogues (concentrated along coasts and
+            # plate boundaries); plane waves of wavelength ≈ 2π/σ let the first layer resolve
+            # them. The frequencies come from their own generator (seed 0): the same features
+            # for every seed.
+            feats = (RandomFourierFeatures(3, fourier, args.fourier_scale) if fourier
+                     else None)
             field, c = train_flow(g, x[tr], hidden=hidden, layers=layers, steps=steps,
                                   batch=batch, lr=args.lr, seed=seed, features=feats,
                                   in_dim=feats.out_dim if feats is not None else 3)

@@ -3,9 +3,9 @@
     python benchmarks/torus_rna.py [--quick] [--json PATH] [--data-dir DIR]
 
 Seeded random 80/10/10 splits of the 9,478 nucleotides (flowmatch.data.earth.seeded_split),
-an MLP on (cos θ, sin θ) and integer-frequency Fourier features (TorusFourierFeatures)
-trained by Riemannian CFM on the geodesic CondOT path of
-FlatTorus(7), and the exact test NLL from the Riemannian ODE likelihood (RK4, exact 7-term
+an MLP on (cos θ, sin θ) and integer-frequency Fourier features
+(flowmatch.models.TorusFourierFeatures) trained by Riemannian CFM on the geodesic CondOT path
+of FlatTorus(7), and the exact test NLL from the Riemannian ODE likelihood (RK4, exact 7-term
 divergence) with the EMA weights. Beside it: a product-von-Mises kernel density estimate whose
 concentration is chosen on the validation split, the uniform density (7 log 2π ≈ 12.86) and the
 published Riemannian flow matching number. NLLs are in nats w.r.t. the flat volume of
@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sphere_earth import flow_nll, train_flow  # noqa: E402
@@ -33,39 +33,11 @@ from sphere_earth import flow_nll, train_flow  # noqa: E402
 from flowmatch.data.earth import seeded_split  # noqa: E402
 from flowmatch.data.rna import load_rna  # noqa: E402
 from flowmatch.geometry.torus import FlatTorus  # noqa: E402
+from flowmatch.models.features import TorusFourierFeatures  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 PUBLISHED = {"published: Riemannian flow matching (Chen & Lipman 2024)": -5.20}
-
-
-def angle_features(x: Tensor) -> Tensor:
-    """(cos θ, sin θ) of every angle: a smooth, periodic embedding of T⁷ in R¹⁴."""
-    return torch.cat([torch.cos(x), torch.sin(x)], dim=-1)
-
-
-class TorusFourierFeatures(nn.Module):
-    """θ ↦ [cos θ, sin θ, cos(θ K), sin(θ K)] with a fixed integer matrix K [7, m].
-
-    The torus analogue of random Fourier features: K_dj = round(N(0, σ²)), so every feature
-    cos(k_j · θ) is a well-defined smooth function on T⁷ (integer frequencies keep it periodic
-    in each angle) and mixes several torsions, which the per-angle (cos, sin) pair does not.
-    Drawn from its own seeded generator: the same features for every seed.
-    """
-
-    K: Tensor
-
-    def __init__(self, dim: int, num: int, scale: float, seed: int = 0) -> None:
-        super().__init__()
-        if num < 1 or not scale > 0:
-            raise ValueError(f"need num ≥ 1 and scale > 0, got num={num}, scale={scale}")
-        gen = torch.Generator().manual_seed(seed)
-        self.register_buffer("K", torch.round(torch.randn(dim, num, generator=gen) * scale))
-        self.out_dim = 2 * dim + 2 * num
-
-    def forward(self, x: Tensor) -> Tensor:
-        z = x @ self.K.to(x.dtype)
-        return torch.cat([torch.cos(x), torch.sin(x), torch.cos(z), torch.sin(z)], dim=-1)
 
 
 def von_mises_kde_nll(centers: Tensor, x: Tensor, kappa: float, chunk: int = 512) -> Tensor:
@@ -127,11 +99,13 @@ def main(argv: list[str] | None = None) -> dict:
         k_nll, k = von_mises_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
         kde.append(k_nll)
         kappas.append(k)
-        feats = (TorusFourierFeatures(7, fourier, args.fourier_scale) if fourier
-                 else angle_features)
+        # (cos θ, sin θ) of every angle plus `fourier` integer frequencies k·θ that mix
+        # several torsions (the per-angle pair does not); drawn from their own generator
+        # (seed 0), so every seed sees the same features
+        feats = TorusFourierFeatures(7, fourier, args.fourier_scale)
         field, c = train_flow(g, x[tr], hidden=hidden, layers=layers, steps=steps, batch=batch,
-                              lr=args.lr, seed=seed, features=feats,
-                              in_dim=feats.out_dim if fourier else 14, out_dim=7)
+                              lr=args.lr, seed=seed, features=feats, in_dim=feats.out_dim,
+                              out_dim=7)
         cpu += c
         flow.append(float(flow_nll(g, field, x[te], method="rk4", num_steps=eval_steps).mean()))
         if seed == 0:

@@ -12,6 +12,7 @@ from flowmatch.models.discrete import (
     ExactPosterior,
 )
 from flowmatch.models.embedding import SinusoidalTimeEmbedding
+from flowmatch.models.features import RandomFourierFeatures, TorusFourierFeatures
 from flowmatch.models.guidance import ClassifierFreeGuidance, drop_condition
 from flowmatch.models.mlp import MLP
 from flowmatch.models.wrappers import PredictionConverter, TangentProjected
@@ -20,4 +21,5 @@ __all__ = [
     "MLP", "SinusoidalTimeEmbedding", "ClassifierFreeGuidance", "drop_condition",
     "PredictionConverter", "TangentProjected",
     "DiscreteMLP", "DiscreteTransformer", "DiscreteGuidance", "ExactPosterior",
+    "RandomFourierFeatures", "TorusFourierFeatures",
 ]
