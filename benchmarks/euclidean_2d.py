@@ -16,8 +16,6 @@ steps) so the numbers differ only through the trained models. The checkerboard's
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import platform
@@ -26,16 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _common  # first: sets OMP_WAIT_POLICY before torch loads OpenMP
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from flowmatch.data.toy2d import Checkerboard  # noqa: E402
-from flowmatch.models.mlp import MLP  # noqa: E402
-from flowmatch.paths import CondOTPath  # noqa: E402
-from flowmatch.solvers.ode import ODESolver  # noqa: E402
-from flowmatch.training.loss import cfm_loss  # noqa: E402
+from flowmatch.data.toy2d import Checkerboard
+from flowmatch.models.mlp import MLP
+from flowmatch.paths import CondOTPath
+from flowmatch.solvers.ode import ODESolver
+from flowmatch.training.loss import cfm_loss
 
 SYSTEMS = ("plain torch", "flowmatch", "flow_matching", "torchcfm")
 
@@ -173,11 +170,8 @@ def median(xs):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small budget (< 3 minutes on 2 cores)")
-    ap.add_argument("--json", type=Path, help="write results as JSON here")
+    ap = _common.benchmark_parser(__doc__.split("\n\n")[0], threads=2, data_dir=None, seed=0)
     ap.add_argument("--png", type=Path, help="write a figure of samples here")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--train-steps", type=int, default=None,
                     help="training steps per system (default 600; quick 40)")
@@ -187,15 +181,14 @@ def main(argv=None) -> int:
                     help="samples drawn per timing repeat (default 50,000; quick 5,000)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--nll-points", type=int, default=None, help="default 2,000; quick 300")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    load_start = os.getloadavg()[0]
+    load_start = _common.load_average()
     steps = args.train_steps or (40 if args.quick else 600)
     block = args.block or max(1, steps // 12)
     n_samples = args.samples or (5_000 if args.quick else 50_000)
     n_nll = args.nll_points or (300 if args.quick else 2_000)
-    torch.set_num_threads(args.threads)
+    _common.set_threads(args.threads)
 
     available = {"plain torch": plain_step, "flowmatch": make_flowmatch_step()}
     missing = {}
@@ -332,9 +325,7 @@ def main(argv=None) -> int:
           f"median of {len(rates['plain torch'])} interleaved blocks in rotating order; sampling "
           f"{n_samples} points, median of {args.repeats}; bare forward {bare_s * 1e3:.1f} ms; "
           f"1-min load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end)")
-    if args.json:
-        args.json.write_text(json.dumps({"benchmark": "euclidean_2d", "config": config,
-                                         "rows": rows}, indent=2))
+    _common.write_result(args.json, "euclidean_2d", config, rows, argv)
     if args.png:
         import matplotlib
 

@@ -17,22 +17,18 @@ is recorded.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
+# the sibling scripts and _common, also when this file is imported rather than run
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
+import torch  # noqa: E402
 from sphere_earth import AmbientField  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
 
 from flowmatch.geometry.sphere import Sphere  # noqa: E402
 from flowmatch.geometry.torus import FlatTorus  # noqa: E402
@@ -162,17 +158,13 @@ def run_case(case: str, hidden: int, layers: int, batch: int, blocks: int, train
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--data-dir", type=Path, default=None, help="unused (synthetic data)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap = _common.benchmark_parser(__doc__.split("\n")[0], data_dir="unused")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--blocks", type=int, default=None, help="interleaved timing blocks")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    _common.set_threads(args.threads)
     batch = args.batch or (512 if args.quick else 1024)
     blocks = args.blocks or (3 if args.quick else 5)
     train_steps = 10 if args.quick else 30
@@ -200,19 +192,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{'':10s}paths agree: max dist(x_t) {ax:.1e}, max |Δu_t| {au:.1e}; "
               f"samples agree: max dist {as_:.1e}")
     print("(×peer: speed relative to flow_matching, > 1 is faster)")
-    out = {"benchmark": "riemannian_speed",
-           "config": {"quick": args.quick, "threads": args.threads, "batch": batch,
-                      "hidden": args.hidden, "layers": args.layers, "blocks": blocks,
-                      "train_steps_per_block": train_steps, "n_sample": n_sample,
-                      "sample_steps": sample_steps, "sampler": "projected midpoint",
-                      "agreement": {c: {"x_t": ax, "u_t": au, "samples": as_}
-                                    for c, _, _, ax, au, as_ in table},
-                      "command": "python benchmarks/riemannian_speed.py " + " ".join(
-                          argv if argv is not None else sys.argv[1:])},
-           "rows": rows}
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+    config = {"quick": args.quick, "threads": args.threads, "batch": batch,
+              "hidden": args.hidden, "layers": args.layers, "blocks": blocks,
+              "train_steps_per_block": train_steps, "n_sample": n_sample,
+              "sample_steps": sample_steps, "sampler": "projected midpoint",
+              "agreement": {c: {"x_t": ax, "u_t": au, "samples": as_}
+                            for c, _, _, ax, au, as_ in table}}
+    out = _common.write_result(args.json, "riemannian_speed", config, rows, argv)
     return out
 
 

@@ -22,21 +22,16 @@ point masses on the training locations. Numbers on volcano are reported with tha
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
-# small ops on a shared 2-core machine are 100× slower with spinning OpenMP threads
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import _common  # first: sets OMP_WAIT_POLICY before torch loads OpenMP
+import torch
+from torch import Tensor, nn
 
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from flowmatch.data.earth import (  # noqa: E402
+from flowmatch.data.earth import (
     EARTH_DATASETS,
     earth_path,
     latlon_to_unit,
@@ -44,17 +39,14 @@ from flowmatch.data.earth import (  # noqa: E402
     seeded_split,
     unit_to_latlon,
 )
-from flowmatch.geometry.base import Geometry  # noqa: E402
-from flowmatch.geometry.sphere import Sphere  # noqa: E402
-from flowmatch.models.embedding import SinusoidalTimeEmbedding  # noqa: E402
-from flowmatch.models.features import RandomFourierFeatures  # noqa: E402
-from flowmatch.models.wrappers import TangentProjected  # noqa: E402
-from flowmatch.paths.geodesic import GeodesicPath  # noqa: E402
-from flowmatch.solvers.riemannian import RiemannianODESolver  # noqa: E402
-from flowmatch.training.fit import fit  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
+from flowmatch.geometry.base import Geometry
+from flowmatch.geometry.sphere import Sphere
+from flowmatch.models.embedding import SinusoidalTimeEmbedding
+from flowmatch.models.features import RandomFourierFeatures
+from flowmatch.models.wrappers import TangentProjected
+from flowmatch.paths.geodesic import GeodesicPath
+from flowmatch.solvers.riemannian import RiemannianODESolver
+from flowmatch.training.fit import fit
 
 # Published test NLLs (lower is better), as listed in the issue.
 PUBLISHED: dict[str, dict[str, float]] = {
@@ -199,10 +191,7 @@ def plot_maps(maps: dict, data: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small budget (< 3 min on 2 cores)")
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    ap = _common.benchmark_parser(__doc__.split("\n")[0])
     ap.add_argument("--plot", type=Path, default=None, help="PNG of the learned densities")
     ap.add_argument("--datasets", nargs="+", default=list(EARTH_DATASETS))
     ap.add_argument("--seeds", type=int, default=3)
@@ -216,10 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--fourier-scale", type=float, default=10.0,
                     help="σ of the Fourier frequency matrix")
     ap.add_argument("--eval-steps", type=int, default=None, help="RK4 steps of the likelihood")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+    _common.set_threads(args.threads)
     steps = args.steps or (250 if args.quick else 6000)
     fourier = args.fourier if args.fourier is not None else (32 if args.quick else 256)
     hidden = args.hidden or (64 if args.quick else 256)
@@ -332,25 +320,16 @@ def main(argv: list[str] | None = None) -> dict:
             if n in vals:
                 rows.append({"system": system, "metric": f"test NLL {n}", "value": vals[n],
                              "unit": "nats", "better": "lower"})
-    out = {
-        "benchmark": "sphere_earth",
-        "config": {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
-                   "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
-                   "lr": args.lr, "fourier_features": fourier,
-                   "fourier_scale": args.fourier_scale,
-                   "likelihood": f"rk4 x {eval_steps}, exact divergence",
-                   "split": "seeded random 80/10/10 (flowmatch.data.earth.seeded_split)",
-                   "wall_s": wall, "cpu_s": cpu,
-                   "discretisation_check": {n: {"steps": eval_steps, "nll": a,
-                                                "steps_x2": 2 * eval_steps, "nll_x2": b}
-                                            for n, (a, b) in checks.items()},
-                   "command": "python benchmarks/sphere_earth.py " + " ".join(
-                       argv if argv is not None else sys.argv[1:])},
-        "rows": rows,
-    }
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+    config = {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
+              "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
+              "lr": args.lr, "fourier_features": fourier, "fourier_scale": args.fourier_scale,
+              "likelihood": f"rk4 x {eval_steps}, exact divergence",
+              "split": "seeded random 80/10/10 (flowmatch.data.earth.seeded_split)",
+              "wall_s": wall, "cpu_s": cpu,
+              "discretisation_check": {n: {"steps": eval_steps, "nll": a,
+                                           "steps_x2": 2 * eval_steps, "nll_x2": b}
+                                       for n, (a, b) in checks.items()}}
+    out = _common.write_result(args.json, "sphere_earth", config, rows, argv)
     return out
 
 

@@ -14,29 +14,23 @@ published Riemannian flow matching number. NLLs are in nats w.r.t. the flat volu
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
+# the sibling scripts and _common, also when this file is imported rather than run
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
+import torch  # noqa: E402
 from sphere_earth import flow_nll, train_flow  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from flowmatch.data.earth import seeded_split  # noqa: E402
 from flowmatch.data.rna import load_rna  # noqa: E402
 from flowmatch.geometry.torus import FlatTorus  # noqa: E402
 from flowmatch.models.features import TorusFourierFeatures  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
 PUBLISHED = {"published: Riemannian flow matching (Chen & Lipman 2024)": -5.20}
 
 
@@ -62,10 +56,7 @@ def von_mises_kde_baseline(train: Tensor, val: Tensor, test: Tensor) -> tuple[fl
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small budget (< 3 min on 2 cores)")
-    ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    ap = _common.benchmark_parser(__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--hidden", type=int, default=None)
@@ -77,10 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--fourier-scale", type=float, default=2.0,
                     help="σ of the integer frequency matrix")
     ap.add_argument("--eval-steps", type=int, default=None, help="RK4 steps of the likelihood")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+    _common.set_threads(args.threads)
     steps = args.steps or (400 if args.quick else 8000)
     hidden = args.hidden or (128 if args.quick else 256)
     layers = args.layers or (3 if args.quick else 4)
@@ -151,22 +141,13 @@ def main(argv: list[str] | None = None) -> dict:
          "unit": "nats", "better": "lower"},
     ] + [{"system": s, "metric": "test NLL rna", "value": v, "unit": "nats", "better": "lower"}
          for s, v in PUBLISHED.items()]
-    out = {
-        "benchmark": "torus_rna",
-        "config": {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
-                   "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
-                   "lr": args.lr, "fourier_features": fourier,
-                   "fourier_scale": args.fourier_scale,
-                   "likelihood": f"rk4 x {eval_steps}, exact divergence",
-                   "kde_kappas": kappas, "wall_s": wall, "cpu_s": cpu_all,
-                   "discretisation_check": check,
-                   "command": "python benchmarks/torus_rna.py " + " ".join(
-                       argv if argv is not None else sys.argv[1:])},
-        "rows": rows,
-    }
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+    config = {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
+              "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
+              "lr": args.lr, "fourier_features": fourier, "fourier_scale": args.fourier_scale,
+              "likelihood": f"rk4 x {eval_steps}, exact divergence",
+              "kde_kappas": kappas, "wall_s": wall, "cpu_s": cpu_all,
+              "discretisation_check": check}
+    out = _common.write_result(args.json, "torus_rna", config, rows, argv)
     return out
 
 

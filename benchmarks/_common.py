@@ -1,0 +1,103 @@
+"""Conventions shared by the benchmark scripts: common flags, threads, the JSON result file.
+
+Import it before torch (``import _common`` sorts first among the third-party imports): it sets
+``OMP_WAIT_POLICY=PASSIVE`` unless the caller chose a policy, because OpenMP reads the variable
+once, when torch loads it, and spinning worker threads make small ops 100–200× slower on a
+shared 2-core machine (../shared/notes/machine-gotchas.md).
+
+Every benchmark takes ``--quick`` (a budget under ~3 minutes on 2 cores), ``--json PATH`` and
+``--threads``, most ``--data-dir``, and writes
+
+    {"benchmark": NAME, "config": {..., "command": "python benchmarks/NAME.py ARGS"},
+     "rows": [{"system", "metric", "value", "unit", "better", ...}, ...]}
+
+so that ``benchmarks/report.py`` can render any of them and every number can be reproduced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+QUICK_HELP = "small budget (< 3 min on 2 cores)"
+
+
+def benchmark_parser(
+    description: str,
+    *,
+    threads: int = 1,
+    data_dir: Literal["shared", "unused"] | None = "shared",
+    seed: int | None = None,
+) -> argparse.ArgumentParser:
+    """A parser with the flags every benchmark shares; the script adds its own after these.
+
+    Adds ``--quick``, ``--json PATH`` (default None: print only) and ``--threads`` (default
+    ``threads``); ``--data-dir`` defaulting to ../shared/data (``data_dir="shared"``), accepted
+    but ignored (``"unused"``, for scripts on synthetic data, default None) or absent (None);
+    and ``--seed`` with default ``seed`` when that is not None.
+    """
+    if data_dir not in ("shared", "unused", None):
+        raise ValueError(f"data_dir must be 'shared', 'unused' or None, got {data_dir!r}")
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    ap.add_argument("--json", type=Path, default=None,
+                    help="write the results as JSON here (benchmarks/results/NAME.json)")
+    if data_dir == "shared":
+        ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
+                        help=f"folder holding the shared data sets (default {DEFAULT_DATA})")
+    elif data_dir == "unused":
+        ap.add_argument("--data-dir", type=Path, default=None, help="unused (synthetic data)")
+    ap.add_argument("--threads", type=int, default=threads,
+                    help=f"torch intra-op threads (default {threads})")
+    if seed is not None:
+        ap.add_argument("--seed", type=int, default=seed)
+    return ap
+
+
+def set_threads(threads: int) -> None:
+    """torch.set_num_threads(threads), after checking it is a positive integer."""
+    import torch
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {threads!r}")
+    torch.set_num_threads(threads)
+
+
+def load_average() -> float:
+    """The 1-minute load average of the machine (how busy the shared cores were)."""
+    return os.getloadavg()[0]
+
+
+def command_line(benchmark: str, argv: list[str] | None) -> str:
+    """The command that reproduces this run: ``python benchmarks/NAME.py`` and its arguments
+    (``argv`` when main() was called with a list, else the process's own)."""
+    args = argv if argv is not None else sys.argv[1:]
+    return f"python benchmarks/{benchmark}.py " + " ".join(args)
+
+
+def write_result(path: Path | None, benchmark: str, config: dict[str, Any],
+                 rows: list[dict[str, Any]], argv: list[str] | None) -> dict[str, Any]:
+    """Assemble the result in the common layout and write it to ``path`` (if given).
+
+    ``config["command"]`` is set to :func:`command_line` unless the caller set it; every row
+    needs "system", "metric", "value", "unit" and "better". Returns the result dict.
+    """
+    for i, row in enumerate(rows):
+        missing = [k for k in ("system", "metric", "value", "unit", "better") if k not in row]
+        if missing:
+            raise ValueError(f"rows[{i}] lacks the keys {missing} of the common layout: {row}")
+    config = dict(config)
+    config.setdefault("command", command_line(benchmark, argv))
+    out = {"benchmark": benchmark, "config": config, "rows": rows}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2))
+    return out
