@@ -2,11 +2,13 @@
 
 ``ODESolver`` (Euclidean, torchdiffeq methods), ``RiemannianODESolver`` (projected or exp-map
 Runge–Kutta on a manifold), ``DiscreteSolver`` (CTMC τ-leaping) and ``ProductSolver`` (all
-factors of a product on one time grid).
+factors of a product on one time grid); ``sampler_distribution`` gives the exact law of the CTMC
+sampler on small enumerable state spaces.
 """
 
 from flowmatch.solvers.ctmc import DiscreteSolver, ctmc_step
 from flowmatch.solvers.divergence import divergence, value_and_divergence
+from flowmatch.solvers.exact import sampler_distribution
 from flowmatch.solvers.likelihood import AugmentedDynamics, field_value_and_divergence
 from flowmatch.solvers.ode import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, ODESolver
 from flowmatch.solvers.product import ProductSolver
@@ -14,6 +16,7 @@ from flowmatch.solvers.riemannian import RiemannianODESolver
 
 __all__ = [
     "ODESolver", "RiemannianODESolver", "DiscreteSolver", "ProductSolver", "ctmc_step",
+    "sampler_distribution",
     "METHODS", "FIXED_METHODS", "ADAPTIVE_METHODS",
     "divergence", "value_and_divergence", "AugmentedDynamics", "field_value_and_divergence",
 ]
