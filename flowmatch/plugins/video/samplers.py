@@ -12,7 +12,9 @@ Conditioning frames (a boolean ``known`` mask over frames, True = given) enter i
 * ``"replace"`` (for an unconditional field): after every step the known frames are overwritten
   by the reference noised to the current time, t·ref + (1 − t)·x0. This is *biased*: an
   unconditional field never learned how clean information in some frames should steer the
-  others, only what noisy frames at the same t imply (see tests/test_video_conditioning.py).
+  others, only what noisy frames at the same t imply (tests/test_video_conditioning.py shows it
+  with the exact field, tests/test_video_trained_conditioning.py with a trained network whose
+  mask-conditioned path is unbiased on the same data).
 """
 
 from __future__ import annotations
