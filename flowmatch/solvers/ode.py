@@ -20,7 +20,6 @@ is torchdiffeq's ``odeint``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from flowmatch._validation import check_finite, validation_enabled
+from flowmatch.solvers._grid import TimeGrid, check_time_grid, step_grid
 
 FIXED_METHODS: dict[str, int | None] = {
     # method -> field evaluations per step (None: varies, Adams start-up and corrector)
@@ -42,8 +42,6 @@ FIXED_METHODS: dict[str, int | None] = {
 }
 ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 METHODS: tuple[str, ...] = (*FIXED_METHODS, *ADAPTIVE_METHODS)
-
-TimeGrid = Tensor | Sequence[float]
 
 
 def check_method(method: str) -> None:
@@ -68,68 +66,8 @@ def as_time_grid(
         time_grid = default
     grid = torch.as_tensor(time_grid, dtype=dtype, device=device)
     if validation_enabled():
-        if grid.dim() != 1 or grid.numel() < 2:
-            raise ValueError(
-                "time_grid must be a 1-D sequence of at least two times, got shape "
-                f"{tuple(grid.shape)}"
-            )
-        check_finite("time_grid", grid)
-        steps = grid[1:] - grid[:-1]
-        if not (bool((steps > 0).all()) or bool((steps < 0).all())):
-            raise ValueError(
-                "time_grid must be strictly increasing or strictly decreasing, got "
-                f"{grid.tolist()}"
-            )
-        if not allow_any_time:
-            lo, hi = float(grid.min()), float(grid.max())
-            if lo < 0.0 or hi > 1.0:
-                raise ValueError(
-                    f"time_grid must lie in [0, 1] (t = 0 noise, t = 1 data), but ranges over "
-                    f"[{lo:g}, {hi:g}]; pass allow_any_time=True for other time domains"
-                )
+        check_time_grid(grid, allow_any_time=allow_any_time, any_time_hint=True)
     return grid
-
-
-def step_grid(grid: Tensor, step_size: float | None, num_steps: int | None) -> Tensor | None:
-    """Integration nodes for a fixed-step method, or None for "one step per grid interval".
-
-    Steps of size h = ``step_size`` (or |t_N − t_0| / ``num_steps``) start at the grid start
-    t_0 and move towards t_N; the last step is shortened to land on t_N when the span is not a
-    multiple of h. Interior grid points are always nodes too, so the states returned there are
-    the solver's own states, not interpolations: a point that falls strictly inside a step
-    splits it in two (one extra step).
-    """
-    if step_size is None and num_steps is None:
-        return None
-    if step_size is not None and num_steps is not None:
-        raise ValueError(
-            f"give step_size or num_steps, not both (got step_size={step_size}, "
-            f"num_steps={num_steps})"
-        )
-    g = [float(v) for v in grid.tolist()]
-    span = abs(g[-1] - g[0])
-    direction = 1.0 if g[-1] > g[0] else -1.0
-    if num_steps is not None:
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-        h = span / num_steps
-        n = num_steps
-    else:
-        h = float(step_size)
-        if not math.isfinite(h) or h <= 0.0:
-            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
-        ratio = span / h
-        n = round(ratio)
-        # a span that is a multiple of h up to rounding must not gain a sliver of a last step
-        if n == 0 or abs(ratio - n) > 1e-9 * max(1.0, ratio):
-            n = math.ceil(ratio)
-    # every grid point is a node; a uniform node that hits a grid point up to rounding gives
-    # way to it (no sliver steps)
-    tol = max(1e-6 * h, 8 * torch.finfo(grid.dtype).eps)
-    uniform = (g[0] + direction * h * k for k in range(1, n))
-    merged = [v for v in uniform if not any(abs(v - p) <= tol for p in g)] + g
-    merged.sort(reverse=direction < 0)
-    return torch.tensor(merged, dtype=grid.dtype, device=grid.device)
 
 
 def solver_options(method: str, grid: Tensor, step_size: float | None,

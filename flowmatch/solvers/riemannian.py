@@ -44,7 +44,6 @@ to the integrated divergence;
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from itertools import pairwise
 from typing import Any, Literal
@@ -54,6 +53,7 @@ from torch import Tensor
 
 from flowmatch._validation import check_finite, validation_enabled
 from flowmatch.geometry.base import Geometry
+from flowmatch.solvers._grid import grid_as_floats, steps_per_interval
 from flowmatch.solvers.divergence import value_and_divergence
 
 StepMode = Literal["projx", "expmap"]
@@ -71,47 +71,6 @@ _TABLEAUX: dict[str, tuple[tuple[float, ...], tuple[tuple[float, ...], ...], tup
 }
 
 METHODS = tuple(_TABLEAUX)
-
-
-def _check_grid(time_grid: Tensor | None, default: tuple[float, float]) -> list[float]:
-    if time_grid is None:
-        return list(default)
-    if not torch.is_tensor(time_grid):
-        time_grid = torch.as_tensor(time_grid, dtype=torch.float64)
-    if time_grid.dim() != 1 or time_grid.numel() < 2:
-        raise ValueError(
-            f"time_grid must be 1-D with at least 2 times, got shape {tuple(time_grid.shape)}"
-        )
-    check_finite("time_grid", time_grid)
-    grid = [float(v) for v in time_grid.detach().cpu().double()]
-    diffs = [b - a for a, b in pairwise(grid)]
-    if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
-        raise ValueError(
-            f"time_grid must be strictly increasing or strictly decreasing, got {grid}"
-        )
-    if min(grid) < 0.0 or max(grid) > 1.0:
-        raise ValueError(f"time_grid must lie in [0, 1], got {grid}")
-    return grid
-
-
-def _steps_per_interval(grid: list[float], num_steps: int | None,
-                        step_size: float | None) -> list[int]:
-    """Number of equal sub-steps in each interval of ``grid`` (the grid times are always hit)."""
-    if num_steps is not None and step_size is not None:
-        raise ValueError(f"give num_steps or step_size, not both (got {num_steps}, {step_size})")
-    spans = [abs(b - a) for a, b in pairwise(grid)]
-    if num_steps is not None:
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-        total = sum(spans)
-        # spread num_steps over the intervals in proportion to their length, at least one each
-        return [max(1, round(num_steps * s / total)) for s in spans]
-    if step_size is not None:
-        if not (isinstance(step_size, (int, float)) and math.isfinite(step_size)
-                and step_size > 0):
-            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
-        return [max(1, math.ceil(s / step_size - 1e-9)) for s in spans]
-    return [1] * len(spans)
 
 
 def _lincomb(base: Tensor | None, coeffs: tuple[float, ...], vecs: list, h: float) -> Tensor:
@@ -234,8 +193,8 @@ class RiemannianODESolver:
         g = self.geometry
         self._check_options(method, step)
         g.validate(x0, "x0")
-        grid = _check_grid(time_grid, (0.0, 1.0))
-        counts = _steps_per_interval(grid, num_steps, step_size)
+        grid = grid_as_floats(time_grid, (0.0, 1.0))
+        counts = steps_per_interval(grid, num_steps, step_size, spread="proportional")
         tableau = _TABLEAUX[method]
         self.nfe = 0
         self._project_velocity = x0.shape[0] == 0 or not self._uses_identity_projection(x0)
@@ -305,13 +264,13 @@ class RiemannianODESolver:
         g = self.geometry
         self._check_options(method, step)
         g.validate(x1, "x1")
-        grid = _check_grid(time_grid, (1.0, 0.0))
+        grid = grid_as_floats(time_grid, (1.0, 0.0))
         if grid[-1] != 0.0 or grid[0] <= grid[-1]:
             raise ValueError(
                 "time_grid for log_likelihood must decrease to 0 (the base distribution), "
                 f"got {grid}"
             )
-        counts = _steps_per_interval(grid, num_steps, step_size)
+        counts = steps_per_interval(grid, num_steps, step_size, spread="proportional")
         tableau = _TABLEAUX[method]
         self.nfe = 0
         if x1.shape[0] == 0:
