@@ -82,6 +82,31 @@ def test_projections_are_idempotent_and_tangent(seed, n):
     s.check_tangent(x, u)
 
 
+@pytest.mark.parametrize("n", [2, 3, 8, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_proju_is_an_orthogonal_projection_off_the_sphere(n, dtype):
+    # proju sums its dot products by a matrix product on short axes (speed); it must still be
+    # the orthogonal projection onto x⊥ for x a hair off the sphere, as accurate as the plain
+    # formula with sum(), whichever path and float32 matmul precision is in force
+    s = Sphere(n)
+    gen = generator(n)
+    x = points(s, 512, n, dtype) * (1 + 1e-5 * torch.randn(512, 1, generator=gen, dtype=dtype))
+    u = torch.randn(512, n, generator=gen, dtype=dtype)
+    plain = u - ((x * u).sum(-1, keepdim=True) / (x * x).sum(-1, keepdim=True)) * x
+    eps = torch.finfo(dtype).eps
+    previous = torch.get_float32_matmul_precision()
+    try:
+        for precision in ("highest", "medium"):
+            torch.set_float32_matmul_precision(precision)
+            p = s.proju(x, u)
+            if n <= 4:  # short sums: the same additions in the same order
+                assert torch.equal(p, plain)
+            torch.testing.assert_close(p, plain, rtol=0, atol=8 * n * eps)
+            assert float(((x * p).sum(-1).abs() / u.norm(dim=-1)).max()) < 4 * n * eps
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 @FAST
 @given(seed=seeds)
 def test_inner_is_symmetric_positive_and_dist_is_a_metric(seed):
