@@ -77,7 +77,8 @@ def make_case(name: str, hidden: int, layers: int):
 
 def run_case(case: str, hidden: int, layers: int, batch: int, blocks: int, train_steps: int,
              n_sample: int, sample_steps: int):
-    """Time one geometry; returns (train steps/s, sampling s, agreement checks)."""
+    """Time one geometry; returns (median train steps/s, median sampling s, agreement checks,
+    the per-block timings)."""
     from flow_matching.path import GeodesicProbPath
     from flow_matching.path.scheduler import CondOTScheduler as PeerCondOT
     from flow_matching.solver import RiemannianODESolver as PeerSolver
@@ -154,7 +155,8 @@ def run_case(case: str, hidden: int, layers: int, batch: int, blocks: int, train
             t_samp[who].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in t_train.items()}
     meds = {k: statistics.median(v) for k, v in t_samp.items()}
-    return med, meds, (agree_x, agree_u, agree_s)
+    return med, meds, (agree_x, agree_u, agree_s), {"train_steps_per_s": t_train,
+                                                    "sampling_s": t_samp}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -170,10 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
     train_steps = 10 if args.quick else 30
     n_sample, sample_steps = (2048, 20) if args.quick else (4096, 100)
 
-    rows, table = [], []
+    load_start = _common.load_average()
+    rows, table, per_block = [], [], {}
     for case in ("sphere", "torus"):
-        med, meds, agree = run_case(case, args.hidden, args.layers, batch, blocks, train_steps,
-                                    n_sample, sample_steps)
+        med, meds, agree, per_block[case] = run_case(case, args.hidden, args.layers, batch,
+                                                     blocks, train_steps, n_sample, sample_steps)
         table.append((case, med, meds, *agree))
         for who, system in (("ours", "flowmatch"), ("peer", "flow_matching")):
             rows.append({"system": system, "metric": f"{case} train steps/s", "value": med[who],
@@ -191,13 +194,25 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{meds[who]:34.3f}{meds['peer'] / meds[who]:8.2f}")
         print(f"{'':10s}paths agree: max dist(x_t) {ax:.1e}, max |Δu_t| {au:.1e}; "
               f"samples agree: max dist {as_:.1e}")
-    print("(×peer: speed relative to flow_matching, > 1 is faster)")
+    # the ratio within each block compares the two systems under the same machine load
+    ratios = {c: [p / o for o, p in zip(b["sampling_s"]["ours"], b["sampling_s"]["peer"],
+                                        strict=True)] for c, b in per_block.items()}
+    for c, r in ratios.items():
+        print(f"{c}: sampling ×peer per block {min(r):.3f} … {max(r):.3f}")
+    load_end = _common.load_average()
+    print(f"(×peer: speed relative to flow_matching, > 1 is faster; 1-min load average "
+          f"{load_start:.1f} at start, {load_end:.1f} at end)")
     config = {"quick": args.quick, "threads": args.threads, "batch": batch,
               "hidden": args.hidden, "layers": args.layers, "blocks": blocks,
               "train_steps_per_block": train_steps, "n_sample": n_sample,
               "sample_steps": sample_steps, "sampler": "projected midpoint",
               "agreement": {c: {"x_t": ax, "u_t": au, "samples": as_}
-                            for c, _, _, ax, au, as_ in table}}
+                            for c, _, _, ax, au, as_ in table},
+              "loadavg_1min_start": load_start, "loadavg_1min_end": load_end,
+              "timing": "both systems interleaved within one process, alternating order per "
+                        "block; values are medians over blocks",
+              "per_block": per_block, "sampling_ratio_peer_over_ours_per_block": ratios,
+              "torch": torch.__version__}
     out = _common.write_result(args.json, "riemannian_speed", config, rows, argv)
     return out
 
