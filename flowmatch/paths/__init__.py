@@ -4,6 +4,12 @@ from flowmatch.paths.affine import AffinePath, CondOTPath
 from flowmatch.paths.base import PathSample, ProbPath
 from flowmatch.paths.coupling import OTCoupling, independent_coupling
 from flowmatch.paths.geodesic import GeodesicPath
+from flowmatch.paths.metric_induced import (
+    BetaScheduler,
+    MetricInducedPath,
+    MetricInducedSolver,
+    PowerBetaScheduler,
+)
 from flowmatch.paths.mixture import MixtureDiscretePath
 from flowmatch.paths.product import ProductPath
 from flowmatch.paths.schedule_transform import ScheduleTransformedField
@@ -26,6 +32,8 @@ __all__ = [
     # schedulers
     "Scheduler", "SchedulerOutput", "ConvexScheduler", "CondOTScheduler", "PolynomialScheduler",
     "CosineConvexScheduler", "CosineScheduler", "LinearVPScheduler", "VPScheduler",
+    # metric-induced discrete paths (kinetic-optimal rates)
+    "MetricInducedPath", "MetricInducedSolver", "BetaScheduler", "PowerBetaScheduler",
     # couplings
     "OTCoupling", "independent_coupling",
 ]
