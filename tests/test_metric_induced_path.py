@@ -19,14 +19,12 @@ from flowmatch.paths.metric_induced import (
     LikelihoodOffset,
     MetricExactPosterior,
     MetricInducedPath,
-    MetricInducedSolver,
     PowerBetaScheduler,
-    metric_induced_kl_loss,
-    metric_induced_nelbo,
-    metric_induced_step,
     ordinal_distance,
 )
+from flowmatch.solvers.metric_induced import MetricInducedSolver, metric_induced_step
 from flowmatch.training.discrete_loss import discrete_cross_entropy
+from flowmatch.training.metric_induced_loss import metric_induced_kl_loss, metric_induced_nelbo
 
 K = 5
 # a correlated joint law of two tokens over K values (rows: first token)

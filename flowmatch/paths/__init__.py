@@ -6,9 +6,10 @@ from flowmatch.paths.coupling import OTCoupling, independent_coupling
 from flowmatch.paths.geodesic import GeodesicPath
 from flowmatch.paths.metric_induced import (
     BetaScheduler,
+    LikelihoodOffset,
     MetricInducedPath,
-    MetricInducedSolver,
     PowerBetaScheduler,
+    ordinal_distance,
 )
 from flowmatch.paths.mixture import MixtureDiscretePath
 from flowmatch.paths.product import ProductPath
@@ -33,7 +34,8 @@ __all__ = [
     "Scheduler", "SchedulerOutput", "ConvexScheduler", "CondOTScheduler", "PolynomialScheduler",
     "CosineConvexScheduler", "CosineScheduler", "LinearVPScheduler", "VPScheduler",
     # metric-induced discrete paths (kinetic-optimal rates)
-    "MetricInducedPath", "MetricInducedSolver", "BetaScheduler", "PowerBetaScheduler",
+    "MetricInducedPath", "BetaScheduler", "PowerBetaScheduler", "LikelihoodOffset",
+    "ordinal_distance",
     # couplings
     "OTCoupling", "independent_coupling",
 ]

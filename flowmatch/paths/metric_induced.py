@@ -36,7 +36,8 @@ negative ELBO does not depend on the scheduler at all (every rate is β̇_t × a
 see :func:`metric_induced_kl_loss`); the scheduler only places the training times and the
 sampler's grid.
 
-**Sampler.** :func:`metric_induced_step` freezes the posterior and p_t at the left end of a step
+**Sampler** (:mod:`flowmatch.solvers.metric_induced`). :func:`metric_induced_step` freezes the
+posterior and p_t at the left end of a step
 [t, t + h] and integrates β̇ exactly: token i jumps with probability 1 − exp(−(β_{t+h} − β_t) λ)
 for its total intensity λ = Σ_{x ≠ x_t} r(x, x_t), to a target drawn ∝ r(·, x_t). A step that ends
 at t = 1 (β = ∞) draws every token from the posterior instead: if x_t ~ p_t, then x̂₁ ~
@@ -46,7 +47,7 @@ p_{1|t}(· | x_t) has exactly the data law, whatever t.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -351,6 +352,19 @@ class MetricInducedPath(ProbPath):
         return self._rates_from_intensity(r, x_t, d_beta.expand(x_t.shape))
 
 
+def _sample_weights(weights: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One index per row of non-negative ``weights`` [..., K] (any positive row sum), ∝ weights.
+
+    Inverse CDF: cumulative sum and binary search (≈ 25× faster than torch.multinomial here).
+    """
+    cdf = weights.cumsum(-1)
+    flat = cdf.reshape(-1, cdf.shape[-1])
+    u = torch.rand(flat.shape[0], 1, generator=generator, device=flat.device, dtype=flat.dtype)
+    # right=True never lands on a zero-weight entry, even when u·total hits a tie exactly
+    idx = torch.searchsorted(flat, u * flat[:, -1:], right=True)
+    return idx.clamp_max(flat.shape[-1] - 1).reshape(cdf.shape[:-1])
+
+
 # -- posterior networks --------------------------------------------------------------------------
 class LikelihoodOffset(nn.Module):
     """A posterior network with the path's likelihood built in: net(x_t, t) − β_t d(x_t, ·).
@@ -412,243 +426,3 @@ class MetricExactPosterior(nn.Module):
             out.append(torch.stack(marg, dim=1))
         logits = torch.cat(out)
         return logits - torch.logsumexp(logits, -1, keepdim=True)
-
-
-# -- sampling ------------------------------------------------------------------------------------
-def _sample_weights(weights: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """One index per row of non-negative ``weights`` [..., K] (any positive row sum), ∝ weights.
-
-    Inverse CDF: cumulative sum and binary search (≈ 25× faster than torch.multinomial here).
-    """
-    cdf = weights.cumsum(-1)
-    flat = cdf.reshape(-1, cdf.shape[-1])
-    u = torch.rand(flat.shape[0], 1, generator=generator, device=flat.device, dtype=flat.dtype)
-    # right=True never lands on a zero-weight entry, even when u·total hits a tie exactly
-    idx = torch.searchsorted(flat, u * flat[:, -1:], right=True)
-    return idx.clamp_max(flat.shape[-1] - 1).reshape(cdf.shape[:-1])
-
-
-STEP_METHODS = ("marginal", "sample_x1")
-
-
-def metric_induced_step(
-    x_t: Tensor,
-    logits: Tensor,
-    t: float,
-    h: float,
-    path: MetricInducedPath,
-    space: Discrete,
-    *,
-    method: str = "marginal",
-    temperature: float | Tensor = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Advance tokens ``x_t`` (int64, any shape) from t to t + h under the marginal rates.
-
-    ``logits``: the posterior logits [*x_t.shape, K] at (x_t, t); t, h floats with h > 0 and
-    t + h ≤ 1. Each token jumps with probability 1 − exp(−(β_{t+h} − β_t) λ), its intensity λ
-    frozen at t, to a target drawn ∝ its intensity. ``method``:
-
-    * ``"marginal"``: λ from the posterior-averaged intensity Σ_{x₁} p_{1|t}(x₁) r(·, x_t | x₁)
-      (the τ-leap of the marginal CTMC; O(K²) per token);
-    * ``"sample_x1"``: draw x̂₁ ~ p_{1|t} per token and use r(·, x_t | x̂₁) (O(K) per token; the
-      same expected rate, so the same CTMC to first order in h).
-
-    A step that ends at t = 1 (β = ∞) draws x̂₁ ~ p_{1|t} for every token. ``temperature``,
-    ``top_k`` and ``top_p`` filter the posterior first
-    (:func:`~flowmatch.solvers.ctmc.filter_logits`).
-    """
-    t, h = float(t), float(h)
-    if validation_enabled():
-        if not (0.0 <= t < 1.0 and h > 0.0 and t + h <= 1.0 + 1e-6):
-            raise ValueError(f"need 0 ≤ t < 1, h > 0 and t + h ≤ 1, got t={t}, h={h}")
-        path.check_space(space)
-        space.check_point(x_t, "x_t")
-        space.check_logits(logits, x_t)
-    if method not in STEP_METHODS:
-        raise ValueError(f"method must be one of {STEP_METHODS}, got {method!r}")
-    return _step(x_t, logits, t, h, path, method, temperature, top_k, top_p, generator)
-
-
-def _step(x_t, logits, t, h, path, method, temperature, top_k, top_p, generator):
-    if torch.is_tensor(temperature) or temperature != 1.0 or top_k is not None or (
-            top_p is not None):
-        from flowmatch.solvers.ctmc import filter_logits  # lazy: solvers import paths
-
-        logits = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-    tt = torch.tensor([t, min(t + h, 1.0)], dtype=torch.float64)
-    beta0, beta1 = (float(b) for b in path.scheduler.beta(tt))
-    probs = torch.softmax(logits.float() if logits.dtype != torch.float64 else logits, -1)
-    if not math.isfinite(beta1):
-        return _sample_weights(probs, generator)  # the last step: x̂₁ ~ p_{1|t}
-    if method == "marginal":
-        r = path.marginal_intensity(probs, x_t, beta0)
-    else:
-        x1_hat = _sample_weights(probs, generator)
-        r = path.conditional_intensity(x_t, x1_hat, beta0).to(probs.dtype)
-    lam = r.sum(-1)
-    p_jump = -torch.expm1(-(beta1 - beta0) * lam)
-    jumps = torch.rand(x_t.shape, generator=generator, device=x_t.device,
-                       dtype=p_jump.dtype) < p_jump
-    where = jumps.reshape(-1).nonzero().squeeze(1)
-    x_next = x_t.reshape(-1).long().clone()
-    if where.numel():
-        rows = r.reshape(-1, r.shape[-1]).index_select(0, where)
-        x_next[where] = _sample_weights(rows, generator)
-    return x_next.view(x_t.shape)
-
-
-class MetricInducedSolver:
-    """Sample a metric-induced discrete flow: :func:`metric_induced_step` over a time grid.
-
-    ``field(x_t, t, **cond)`` maps tokens int64 [B, ...] and times [B] to posterior logits
-    [B, ..., K] (the same networks as for mixture paths). ``solver.nfe`` counts the network
-    evaluations of the last call.
-    """
-
-    def __init__(self, field: Callable[..., Tensor], space: Discrete,
-                 path: MetricInducedPath) -> None:
-        if not isinstance(path, MetricInducedPath):
-            raise TypeError(f"path must be a MetricInducedPath, got {type(path).__name__}")
-        path.check_space(space)
-        self.field, self.space, self.path = field, space, path
-        self.nfe = 0
-
-    @torch.no_grad()
-    def sample(
-        self,
-        x0: Tensor,
-        *,
-        time_grid: Sequence[float] | Tensor | None = None,
-        num_steps: int | None = None,
-        step_size: float | None = None,
-        method: str = "marginal",
-        temperature: float | Tensor = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        return_intermediates: bool = False,
-        generator: torch.Generator | None = None,
-        **cond,
-    ) -> Tensor:
-        """Run the chain from ``x0`` (tokens at ``time_grid[0]``; uniform draws at t = 0).
-
-        Grid options as for :class:`~flowmatch.solvers.ctmc.DiscreteSolver`: the grid defaults
-        to [0, 1] and ``num_steps`` / ``step_size`` subdivide it uniformly. With
-        ``return_intermediates`` the result is stacked at the ``time_grid`` points.
-        """
-        from flowmatch.solvers._grid import forward_step_times  # lazy: solvers import paths
-
-        if method not in STEP_METHODS:
-            raise ValueError(f"method must be one of {STEP_METHODS}, got {method!r}")
-        space = self.space
-        space.check_point(x0, "x0")
-        if x0.dim() == 0:
-            raise ValueError("x0 must have a leading batch dimension, got a scalar")
-        times, marks = forward_step_times(time_grid, num_steps, step_size)
-        x = x0.long()
-        out = [x] if return_intermediates else None
-        self.nfe = 0
-        validate = validation_enabled()
-        for i in range(len(times) - 1):
-            t, t_next = times[i], times[i + 1]
-            logits = self.field(x, torch.full((x.shape[0],), t, device=x.device), **cond)
-            self.nfe += 1
-            if validate:
-                space.check_logits(logits, x, f"the field's logits at t={t:.4g}")
-            x = _step(x, logits, t, t_next - t, self.path, method, temperature, top_k, top_p,
-                      generator)
-            if out is not None and i + 1 in marks:
-                out.append(x)
-        return torch.stack(out) if out is not None else x
-
-
-# -- the negative ELBO ---------------------------------------------------------------------------
-def metric_induced_kl_loss(logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor,
-                           path: MetricInducedPath, space: Discrete, *,
-                           reduction: str = "mean") -> Tensor:
-    """KL rate between the conditional CTMC (2) given x₁ and the model's CTMC, per token.
-
-        ℓ_t = Σ_{y ≠ x_t} [u^θ(y) − u(y | x₁) + u(y | x₁) log(u(y | x₁)/u^θ(y))] ≥ 0,
-
-    with u^θ the marginal rate of the posterior ``logits``. Integrated over t ∈ [0, 1] with
-    x_t ~ p_t(· | x₁) and summed over tokens it bounds −log p_θ(x₁) (both chains start at the
-    uniform source and the conditional one ends at δ_{x₁}): see :func:`metric_induced_nelbo`.
-    Every rate is β̇_t times a function of β_t, so ∫ ℓ_t dt = ∫₀^∞ g(β) dβ is the same for every
-    scheduler. ``t`` [B] in [0, 1) (finite β̇). Costs O(K²) per token. ``reduction``: "mean",
-    "sum" or "none" (shape of x1).
-    """
-    if validation_enabled():
-        path.check_space(space)
-        space.check_point(x1, "x1")
-        space.check_point(x_t, "x_t")
-        if x1.shape != x_t.shape:
-            raise ValueError(f"x1 and x_t must have the same shape, got {tuple(x1.shape)} and "
-                             f"{tuple(x_t.shape)}")
-        space.check_logits(logits, x_t)
-        if t.dim() != 1 or t.shape[0] != x1.shape[0]:
-            raise ValueError(f"t must have shape [B] = [{x1.shape[0]}], got {tuple(t.shape)}")
-        if bool((t >= 1).any() | (t < 0).any()):
-            raise ValueError(f"t must lie in [0, 1) for the KL rate, got range "
-                             f"[{float(t.min()):g}, {float(t.max()):g}]")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    d_beta = path._finite_d_beta(t, x_t).expand(x_t.shape)
-    beta = path._beta_like(t, x_t).expand(x_t.shape)
-    probs = torch.softmax(logits.float() if logits.dtype != torch.float64 else logits, -1)
-    r_model = path.marginal_intensity(probs, x_t, beta)
-    r_cond = path.conditional_intensity(x_t, x1, beta).to(r_model.dtype)
-    pos = r_cond > 0
-    # the log term only where the conditional chain can jump; elsewhere its limit 0 (no −inf·0).
-    # r_model ≥ p_{1|t}(x₁) r_cond > 0 there, so 0 is an underflow (a state of probability
-    # ~e^{−β d} at large β): floor it at the smallest normal number instead of returning inf
-    tiny = torch.finfo(r_model.dtype).tiny
-    log_ratio = (torch.where(pos, r_cond, 1.0).log()
-                 - torch.where(pos, r_model, 1.0).clamp_min(tiny).log())
-    per_y = r_model - r_cond + torch.where(pos, r_cond * log_ratio, 0.0)
-    per_token = d_beta.to(per_y.dtype) * per_y.sum(-1)
-    if reduction == "mean":
-        return per_token.mean()
-    if reduction == "sum":
-        return per_token.sum()
-    return per_token
-
-
-@torch.no_grad()
-def metric_induced_nelbo(
-    field: Callable[..., Tensor],
-    x1: Tensor,
-    path: MetricInducedPath,
-    space: Discrete,
-    *,
-    num_times: int = 64,
-    shared_time: bool = False,
-    generator: torch.Generator | None = None,
-    **cond,
-) -> Tensor:
-    """Monte-Carlo negative ELBO of each sample in nats, shape [B] (≥ −log p_θ(x₁) in mean).
-
-    NELBO(x₁) = ∫₀¹ E_{x_t ~ p_t(·|x₁)} Σ_i ℓ_tⁱ dt with ``num_times`` stratified times
-    t_j = (j + u_j)/n (one fresh x_t per time), computed in float64; unbiased for the integral.
-    Each sample draws its own u_j, so the samples' estimates are independent (their standard
-    error is that of the batch mean). ``shared_time=True`` uses one u_j for the whole batch:
-    the O(K²) intensity is then one matrix product per state (several times faster at K = 128),
-    but the samples share their time noise.
-    """
-    path.check_space(space)
-    space.check_point(x1, "x1")
-    if x1.dim() == 0:
-        raise ValueError("x1 must have a leading batch dimension, got a scalar")
-    if isinstance(num_times, bool) or not isinstance(num_times, int) or num_times < 1:
-        raise ValueError(f"num_times must be a positive integer, got {num_times!r}")
-    batch = x1.shape[0]
-    total = torch.zeros(batch, dtype=torch.float64, device=x1.device)
-    for j in range(num_times):
-        u = torch.rand(1 if shared_time else batch, generator=generator, dtype=torch.float64)
-        t = ((j + u) / num_times).to(x1.device).expand(batch)
-        x_t = path.sample(None, x1, t, generator=generator).x_t
-        logits = field(x_t, t.float(), **cond).double()
-        ell = metric_induced_kl_loss(logits, x1, x_t, t, path, space, reduction="none")
-        total += ell.reshape(batch, -1).sum(-1)
-    return total / num_times

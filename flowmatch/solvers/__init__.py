@@ -10,13 +10,14 @@ from flowmatch.solvers.ctmc import DiscreteSolver, ctmc_step
 from flowmatch.solvers.divergence import divergence, value_and_divergence
 from flowmatch.solvers.exact import sampler_distribution
 from flowmatch.solvers.likelihood import AugmentedDynamics, field_value_and_divergence
+from flowmatch.solvers.metric_induced import MetricInducedSolver, metric_induced_step
 from flowmatch.solvers.ode import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, ODESolver
 from flowmatch.solvers.product import ProductSolver
 from flowmatch.solvers.riemannian import RiemannianODESolver
 
 __all__ = [
     "ODESolver", "RiemannianODESolver", "DiscreteSolver", "ProductSolver", "ctmc_step",
-    "sampler_distribution",
+    "sampler_distribution", "MetricInducedSolver", "metric_induced_step",
     "METHODS", "FIXED_METHODS", "ADAPTIVE_METHODS",
     "divergence", "value_and_divergence", "AugmentedDynamics", "field_value_and_divergence",
 ]
