@@ -15,11 +15,25 @@ token, which its solver requires). Reported per system:
 * NELBO (nats per sample, flowmatch.training.discrete_nelbo — the generalised-KL bound of the
   process each system's sampler simulates) on fresh test points, and its gap to 9.011;
 * support fraction: samples (100 steps) that land on an occupied cell;
+* for flowmatch, the *exact* law of its 100-step sampler on all 129² states
+  (flowmatch.solvers.exact.sampler_distribution): the exact NLL of the data under it (its
+  cross-entropy with the uniform target, so NLL − 9.011 = KL(data ‖ sampler) exactly) and its
+  exact probability mass on the support;
+* the NELBO of the *exact* posterior (ExactPosterior on the known target): the floor of the bound
+  itself. For the mask source it meets the entropy; for the uniform source it stays ≈ 1.7 nats
+  above it whatever the model (the bound's conditional paths jump once, the generative chain may
+  jump several times), so the uniform NELBO is compared with that floor and the exact NLL;
 * training steps/s (same network, measured step by step in the interleaved loop);
 * sampling time of 100 steps and the same network's own time for 100 forward calls, timed in
   interleaved blocks (median of 3), at the 2D task and at a sequence size (vocabulary 128,
-  length 64, batch 256, a 4-layer transformer of width 128; --quick: batch 64, 2 layers of
-  width 64) where the sampler's bookkeeping matters.
+  length 64, batch 256, a 2-layer transformer of width 64; --quick: batch 64) where the
+  sampler's bookkeeping matters; there each sampler is also run on a constant-logits "network"
+  (no model cost), which times the bookkeeping alone.
+
+The ``metric`` source (flowmatch only: the peer has no such path) trains the same network on the
+metric-induced path with kinetic-optimal rates (d = |i − j| on bins, β_t = 0.1 (t/(1 − t))^1.5,
+posterior with the path's likelihood built in), and reports its NELBO and the support fraction
+of both of its samplers' step methods.
 
 Timings on the shared 2-core machine are provisional; the thread count is in the JSON config.
 """
@@ -42,11 +56,19 @@ from torch import nn  # noqa: E402
 
 from flowmatch.data.toy2d import Checkerboard  # noqa: E402
 from flowmatch.geometry.discrete import Discrete  # noqa: E402
-from flowmatch.models.discrete import DiscreteMLP, DiscreteTransformer  # noqa: E402
+from flowmatch.models.discrete import DiscreteMLP, DiscreteTransformer, ExactPosterior  # noqa: E402
+from flowmatch.paths.metric_induced import (  # noqa: E402
+    LikelihoodOffset,
+    MetricInducedPath,
+    PowerBetaScheduler,
+)
 from flowmatch.paths.mixture import MixtureDiscretePath  # noqa: E402
 from flowmatch.paths.schedulers import PolynomialScheduler  # noqa: E402
 from flowmatch.solvers.ctmc import DiscreteSolver  # noqa: E402
+from flowmatch.solvers.exact import sampler_distribution  # noqa: E402
+from flowmatch.solvers.metric_induced import MetricInducedSolver  # noqa: E402
 from flowmatch.training.discrete_loss import discrete_cross_entropy, discrete_nelbo  # noqa: E402
+from flowmatch.training.metric_induced_loss import metric_induced_nelbo  # noqa: E402
 
 BINS = 128
 BOARD = Checkerboard(squares=4, half_width=4.0)
@@ -69,8 +91,35 @@ def in_support(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def support_cells() -> int:
+    return int(target_table().gt(0).sum())
+
+
+def target_table() -> torch.Tensor:
+    """The data law as a float64 table [BINS, BINS]: uniform over the occupied cells."""
     grid = torch.cartesian_prod(torch.arange(BINS), torch.arange(BINS))
-    return int(in_support(grid).sum())
+    q = in_support(grid).double().view(BINS, BINS)
+    return q / q.sum()
+
+
+def exact_sampler_rows(net, sp, path, steps: int) -> dict[str, float]:
+    """Exact NLL of the data, KL(data ‖ sampler) and support mass of the sampler's own law."""
+    law = sampler_distribution(net, sp, path, 2, num_steps=steps)[:BINS, :BINS]
+    target = target_table()
+    support = target > 0
+    nll = float(-(target[support] * law[support].clamp_min(1e-300).log()).sum())
+    return {"exact_nll": nll, "exact_kl": nll - math.log(int(support.sum())),
+            "exact_support_mass": float(law[support].sum())}
+
+
+class ConstantLogits(nn.Module):
+    """A "network" that returns fixed logits: timing a sampler with it times its bookkeeping."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x, t, **extras):
+        return self.logits
 
 
 class SliceLogits(nn.Module):
@@ -142,8 +191,72 @@ def train_pair(source: str, steps: int, batch: int, hidden: int, lr: float, seed
                                                                   seconds.items()}
 
 
-def time_samplers(net_ours, net_peer, sp, path, peer_path, x0, steps: int, repeats: int = 3):
-    """Median seconds of: our sampler, the peer's, and each network alone (100 calls)."""
+def run_metric(cfg: dict, seed: int) -> list[dict]:
+    """The metric-induced path (d = |i − j| on bins, kinetic-optimal rates): flowmatch only.
+
+    Same network, optimiser, schedule and batches as the mixture runs; the posterior carries the
+    path's likelihood (LikelihoodOffset), trained by cross-entropy; sampled with both of
+    MetricInducedSolver's step methods.
+    """
+    sp = Discrete(BINS, "uniform")
+    path = MetricInducedPath.ordinal(BINS, PowerBetaScheduler(cfg["metric_beta_c"],
+                                                              cfg["metric_beta_a"]))
+    steps = cfg["train_steps"]
+    torch.manual_seed(seed)
+    net = DiscreteMLP(2, BINS, BINS, hidden=cfg["hidden"], layers=4, embed_dim=64)
+    field = LikelihoodOffset(net, path)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        x1 = sample_tokens(cfg["batch"], g)
+        t = torch.rand(cfg["batch"], generator=g)
+        x_t = path.sample(None, x1, t, generator=g).x_t
+        loss = discrete_cross_entropy(field(x_t, t), x1, x_t, sp)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    steps_s = steps / (time.perf_counter() - t0)
+    field.eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    test = sample_tokens(cfg["nelbo_points"], g)
+    nelbo = float(metric_induced_nelbo(field, test, path, sp, num_times=cfg["nelbo_times"],
+                                       generator=g).mean())
+    floor = math.log(support_cells())
+    rows = [
+        {"system": "flowmatch", "metric": "metric/nelbo", "value": nelbo, "unit": "nats/sample",
+         "better": "lower"},
+        {"system": "flowmatch", "metric": "metric/nelbo_gap_to_entropy", "value": nelbo - floor,
+         "unit": "nats/sample", "better": "lower"},
+        {"system": "flowmatch", "metric": "metric/train_steps_per_s", "value": steps_s,
+         "unit": "steps/s", "better": "higher"},
+    ]
+    x0 = sp.sample_base((cfg["num_samples"], 2), generator=g)
+    for method in ("marginal", "sample_x1"):
+        t0 = time.perf_counter()
+        x = MetricInducedSolver(field, sp, path).sample(x0, num_steps=cfg["sample_steps"],
+                                                        method=method, generator=g)
+        secs = time.perf_counter() - t0
+        rows += [
+            {"system": "flowmatch", "metric": f"metric/{method}/support_fraction",
+             "value": float(in_support(x).double().mean()), "unit": "fraction",
+             "better": "higher"},
+            {"system": "flowmatch", "metric": f"metric/{method}/sample_s_100_steps",
+             "value": secs, "unit": "s", "better": "lower"},
+        ]
+    return rows
+
+
+def time_samplers(net_ours, net_peer, sp, path, peer_path, x0, steps: int, repeats: int = 3,
+                  bookkeeping: bool = False):
+    """Median seconds of: our sampler, the peer's, and each network alone (100 calls).
+
+    With ``bookkeeping``, also each sampler driven by constant logits (the networks' outputs at
+    x0, t = 0.5): the sampler's own cost without any model.
+    """
     _, _, PeerSolver, Probs = peer_modules()
     ours = DiscreteSolver(net_ours, sp, path)
     peer = PeerSolver(model=Probs(net_peer), path=peer_path, vocabulary_size=net_peer.output_vocab)
@@ -160,6 +273,14 @@ def time_samplers(net_ours, net_peer, sp, path, peer_path, x0, steps: int, repea
         "network_ours": lambda: network_only(net_ours),
         "network_peer": lambda: network_only(net_peer),
     }
+    if bookkeeping:
+        with torch.no_grad():
+            ours_c = DiscreteSolver(ConstantLogits(net_ours(x0, t_fixed)), sp, path)
+            peer_c = PeerSolver(model=Probs(ConstantLogits(net_peer(x0, t_fixed))),
+                                path=peer_path, vocabulary_size=net_peer.output_vocab)
+        runs["bookkeeping_ours"] = lambda: ours_c.sample(x0, num_steps=steps)
+        runs["bookkeeping_peer"] = lambda: peer_c.sample(x_init=x0, step_size=None,
+                                                         time_grid=grid)
     times = {k: [] for k in runs}
     with torch.no_grad():
         for fn in runs.values():  # warm-up
@@ -179,8 +300,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", type=Path, default=None, help="unused: the data is synthetic")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sources", nargs="+", default=["mask", "uniform"],
-                    choices=["mask", "uniform"])
+    ap.add_argument("--sources", nargs="+", default=["mask", "uniform", "metric"],
+                    choices=["mask", "uniform", "metric"],
+                    help="metric: the metric-induced path (flowmatch only; no peer counterpart)")
     ap.add_argument("--train-steps", type=int, default=None, help="override the budget")
     ap.add_argument("--hidden", type=int, default=None, help="override the MLP width")
     ap.add_argument("--skip-seq-timing", action="store_true")
@@ -189,14 +311,17 @@ def main(argv=None) -> int:
     q = args.quick
     cfg = {
         "threads": args.threads, "quick": args.quick, "seed": args.seed, "bins": BINS,
-        "train_steps": 800 if q else 20000, "batch": 256 if q else 1024,
-        "hidden": 128 if q else 512, "lr": 3e-3 if q else 2e-3, "scheduler": "kappa_t = t",
-        "sample_steps": 100, "num_samples": 2000 if q else 50000,
-        "nelbo_points": 500 if q else 5000, "nelbo_times": 8 if q else 64,
+        "train_steps": 800 if q else 8000, "batch": 256,
+        "hidden": 128 if q else 256, "lr": 3e-3, "scheduler": "kappa_t = t",
+        "sample_steps": 100, "num_samples": 2000 if q else 20000,
+        "nelbo_points": 500 if q else 2000, "nelbo_times": 8 if q else 32,
         "timing_batch_2d": 512 if q else 4096, "timing_repeats": 2 if q else 3,
         "timing_seq": {"vocab": 128, "length": 64, "batch": 64 if q else 256, "steps": 100,
-                       "dim": 64 if q else 128, "layers": 2 if q else 4},
+                       "dim": 64, "layers": 2},
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "metric_beta_c": 0.1, "metric_beta_a": 1.5,
+        "command": "python " + " ".join(["benchmarks/discrete_2d.py", *sys.argv[1:]]),
+        "load_average_start": os.getloadavg()[0],
     }
     if args.train_steps is not None:
         cfg["train_steps"] = args.train_steps
@@ -210,6 +335,10 @@ def main(argv=None) -> int:
           f"threads {args.threads}")
     start = time.perf_counter()
     for source in args.sources:
+        if source == "metric":
+            rows += run_metric(cfg, args.seed)
+            print(f"[{source}] done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
+            continue
         sp, path, peer_path, ours, theirs, steps_s = train_pair(
             source, cfg["train_steps"], cfg["batch"], cfg["hidden"], cfg["lr"], args.seed)
         g = torch.Generator().manual_seed(args.seed + 1)
@@ -232,6 +361,18 @@ def main(argv=None) -> int:
                 x_init=x0, step_size=None, time_grid=torch.linspace(0, 1, cfg["sample_steps"] + 1))
         support = {"flowmatch": float(in_support(ours_x).double().mean()),
                    "flow_matching": float(in_support(peer_x).double().mean())}
+        exact = exact_sampler_rows(ours, sp, path, cfg["sample_steps"])
+        rows += [{"system": "flowmatch", "metric": f"{source}/{k}", "value": v,
+                  "unit": "fraction" if k.endswith("mass") else "nats/sample",
+                  "better": "higher" if k.endswith("mass") else "lower"}
+                 for k, v in exact.items()]
+        # the bound's own floor: the NELBO of the exact posterior of the known target
+        post = ExactPosterior(target_table(), sp, path.scheduler)
+        floor_nelbo = float(discrete_nelbo(lambda x, t, post=post: post(x, t).float(), test,
+                                           path, sp, num_times=cfg["nelbo_times"],
+                                           generator=g).mean())
+        rows.append({"system": "exact posterior", "metric": f"{source}/nelbo",
+                     "value": floor_nelbo, "unit": "nats/sample", "better": "lower"})
         timing = time_samplers(ours, theirs, sp, path, peer_path,
                                sp.sample_base((cfg["timing_batch_2d"], 2), generator=g),
                                cfg["sample_steps"], cfg["timing_repeats"])
@@ -267,9 +408,13 @@ def main(argv=None) -> int:
     net_peer = DiscreteTransformer(ts["length"], sp.num_states, sp.num_states, **arch).eval()
     x0 = sp.sample_base((ts["batch"], ts["length"]))
     timing = time_samplers(net_ours, net_peer, sp, MixtureDiscretePath(PolynomialScheduler(1)),
-                           PeerPath(PeerSched(n=1.0)), x0, ts["steps"], cfg["timing_repeats"])
-    for system, net_key in (("flowmatch", "network_ours"), ("flow_matching", "network_peer")):
+                           PeerPath(PeerSched(n=1.0)), x0, ts["steps"], cfg["timing_repeats"],
+                           bookkeeping=True)
+    for system, net_key, book_key in (("flowmatch", "network_ours", "bookkeeping_ours"),
+                                      ("flow_matching", "network_peer", "bookkeeping_peer")):
         rows += [
+            {"system": system, "metric": "seq/sampler_only_s_100_steps",
+             "value": timing[book_key], "unit": "s", "better": "lower"},
             {"system": system, "metric": "seq/sample_s_100_steps", "value": timing[system],
              "unit": "s", "better": "lower"},
             {"system": system, "metric": "seq/network_only_s_100_calls",
@@ -284,10 +429,12 @@ def finish(args, cfg, rows, floor, start) -> int:
     cfg["wall_s"] = time.perf_counter() - start
     metrics = sorted({r["metric"] for r in rows}, key=[r["metric"] for r in rows].index)
     table = {(r["system"], r["metric"]): r["value"] for r in rows}
-    print(f"{'metric':36s} {'flowmatch':>12s} {'flow_matching':>14s}")
+    systems = sorted({r["system"] for r in rows}, key=[r["system"] for r in rows].index)
+    print(f"{'metric':36s}" + "".join(f" {s:>16s}" for s in systems))
     for m in metrics:
-        a, b = table.get(("flowmatch", m)), table.get(("flow_matching", m))
-        print(f"{m:36s} {a:12.4g} {b:14.4g}")
+        cells = [table.get((s, m)) for s in systems]
+        print(f"{m:36s}" + "".join(f" {'—':>16s}" if c is None else f" {c:16.4g}"
+                                   for c in cells))
     print(f"(entropy floor {floor:.3f} nats; threads {args.threads}; wall {cfg['wall_s']:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps({"benchmark": "discrete_2d", "config": cfg, "rows": rows},
