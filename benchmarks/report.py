@@ -1,6 +1,7 @@
 """Render benchmark JSON files as Markdown tables (so numbers in the docs are never typed).
 
-    python benchmarks/report.py benchmarks/results/*.json > docs/benchmarks.md
+    python benchmarks/report.py --header docs/benchmarks_header.md benchmarks/results/*.json \
+        > docs/benchmarks.md
 
 Each file is one benchmark run in the common layout {"benchmark", "config", "rows"}; the table
 has one row per system and one column per metric, in first-seen order.
@@ -69,8 +70,9 @@ def render(doc: dict, source: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--header", type=Path, default=None, help="Markdown to print first")
     args = ap.parse_args(argv)
-    out = []
+    out = [args.header.read_text()] if args.header else []
     for f in args.files:
         out.append(render(json.loads(f.read_text()), str(f)))
     print("\n".join(out))
