@@ -5,6 +5,7 @@ Loaders take a path; nothing is downloaded.
 
 from flowmatch.data.brackets import (
     brackets_entropy,
+    count_brackets,
     is_valid_brackets,
     sample_brackets,
     valid_prefix_length,
@@ -25,4 +26,5 @@ __all__ = [
     "TOY_DATASETS", "Checkerboard", "EightGaussians", "Moons", "Spirals", "ToyDataset",
     "get_toy_dataset", "load_earth", "load_earth_latlon", "seeded_split", "load_rna",
     "brackets_entropy", "is_valid_brackets", "sample_brackets", "valid_prefix_length",
+    "count_brackets",
 ]
