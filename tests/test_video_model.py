@@ -56,6 +56,53 @@ def test_mask_conditioning_inputs():
         plain(x, t, known=first_frame_mask(4), reference=ref)
 
 
+@pytest.mark.parametrize("kw", [dict(attention="temporal"),
+                                dict(attention="global", attention_blocks=(1,)),
+                                dict(temporal_dilations=(1, 2))])
+@torch.no_grad()
+def test_attention_and_dilated_variants(kw):
+    net = VideoVelocityNet(channels=1, width=24, depth=2, patch=2, heads=4, **kw)
+    x = torch.randn(2, 1, 6, 8, 8)
+    t = torch.rand(2)
+    assert float(net(x, t).abs().max()) == 0  # still adaLN-Zero at initialisation
+    _randomise(net)
+    out = net(x, t)
+    assert out.shape == x.shape and bool(torch.isfinite(out).all())
+    tf = t[:, None].expand(2, 6).clone()
+    tf[:, 3] = 1.0
+    assert float((net(x, tf) - out).abs().max()) > 1e-4
+    if kw.get("attention") == "global":
+        assert list(net.attention) == ["1"]  # only after block 1
+
+
+@torch.no_grad()
+def test_temporal_reach_of_one_block():
+    # One block's 3-frame convolution lets frame 0 see frames 0 and 1 only. Swapping two later
+    # frames keeps the block's GroupNorm statistics (frames enter them as a multiset), so
+    # frame 0 of the block's features must not change at all — unless attention (any distance)
+    # or a temporal dilation of 2 (frames 0 and 2) reaches them. (The features are read before
+    # the output GroupNorm, whose statistics do see the other frames.)
+    x = torch.randn(2, 1, 6, 4, 4, generator=torch.Generator().manual_seed(3))
+    t = torch.full((2,), 0.5)
+
+    def change_at_frame0(swap, **kw):
+        torch.manual_seed(0)
+        net = VideoVelocityNet(channels=1, width=16, depth=1, heads=2, **kw)
+        _randomise(net)
+        seen = []
+        net.out_norm.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+        x2 = x.clone()
+        x2[:, :, list(swap)] = x[:, :, list(reversed(swap))]
+        net(x, t), net(x2, t)
+        return float((seen[1] - seen[0])[:, :, 0].abs().max())
+
+    assert change_at_frame0((4, 5)) < 1e-5
+    assert change_at_frame0((4, 5), attention="temporal") > 1e-3
+    assert change_at_frame0((4, 5), attention="global") > 1e-3
+    assert change_at_frame0((2, 3)) < 1e-5
+    assert change_at_frame0((2, 3), temporal_dilations=(2,)) > 1e-3
+
+
 def test_model_bad_input():
     net = VideoVelocityNet(channels=1, width=8, depth=1, patch=2)
     with pytest.raises(ValueError, match="5 dims"):
@@ -66,6 +113,14 @@ def test_model_bad_input():
         net(torch.zeros(2, 1, 4, 4, 4), torch.rand(2, 3))
     with pytest.raises(ValueError, match="divisible"):
         net(torch.zeros(2, 1, 4, 5, 5), torch.rand(2))
+    with pytest.raises(ValueError, match="attention must be"):
+        VideoVelocityNet(attention="spatial")
+    with pytest.raises(ValueError, match="attention_blocks"):
+        VideoVelocityNet(depth=2, attention="temporal", attention_blocks=(2,))
+    with pytest.raises(ValueError, match="divisible by attention heads"):
+        VideoVelocityNet(width=10, attention="temporal", heads=4)
+    with pytest.raises(ValueError, match="temporal_dilations"):
+        VideoVelocityNet(temporal_dilations=(0,))
 
 
 def test_training_approaches_the_exact_field_loss():
