@@ -142,9 +142,10 @@ class VideoVelocityNet(nn.Module):
         patch: spatial patch size; the blocks run at H/patch × W/patch (H, W divisible by it),
             the output is brought back by a transposed convolution.
         temporal_dilations: dilation of each block's 3-frame convolution (cycled); (1, 2)
-            doubles the temporal receptive field at the same parameter count (on bouncing
-            discs, 2,000 steps, two seeds: centroid acceleration 0.57 vs 0.66–0.76 undilated;
-            see benchmarks/video_bouncing.py, which uses it).
+            doubles the temporal receptive field at the same parameter count. On bouncing
+            discs it lowered centroid acceleration (2,000 steps, two seeds: 0.57 vs 0.66–0.76;
+            6,000 steps: 0.45 vs 0.50) but raised mass error at 6,000 steps (5.0 % vs 3.9 %);
+            see benchmarks/video_bouncing.py.
         attention: "none", "temporal" (over frames at each site) or "global" (over all tokens
             of a clip): a self-attention layer after the blocks listed in
             ``attention_blocks`` (default: every block); ``heads`` attention heads.
