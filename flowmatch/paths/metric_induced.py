@@ -47,6 +47,7 @@ p_{1|t}(· | x_t) has exactly the data law, whatever t.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -61,17 +62,19 @@ _CHUNK_ELEMENTS = 1 << 22
 
 
 # -- scheduler -----------------------------------------------------------------------------------
-class BetaScheduler:
+class BetaScheduler(ABC):
     """Inverse temperature β_t of a metric-induced path: β₀ = 0, increasing, β_t → ∞ at t = 1.
 
     ``beta(t)`` and ``d_beta(t)`` act element-wise on a tensor t in [0, 1] (any shape).
     """
 
+    @abstractmethod
     def beta(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """β_t, element-wise."""
 
+    @abstractmethod
     def d_beta(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """dβ_t/dt, element-wise."""
 
 
 class PowerBetaScheduler(BetaScheduler):
