@@ -16,6 +16,13 @@ Differences from diffusers 0.42, on purpose:
   loop calls the model twice per step, the way diffusers' Heun scheduler works — ``timesteps``
   lists every evaluation and ``sigmas[i]`` is the σ of evaluation i (2N evaluations; Heun's
   last step into σ = 0 is Euler by default, 2N − 1).
+* ``set_timesteps(timesteps=…)`` alone shifts the σ's and reports the shifted timesteps, so the
+  model is evaluated where the state is; diffusers keeps the timesteps as given and shifts only
+  the σ's. The two agree when the shift is the identity (shift 1, no ``shift_terminal``).
+* ``step(…, per_token_timesteps=…)`` (what ``LTXConditionPipeline`` passes) follows diffusers'
+  per-token rule and its flipped sign, see ``step``; with ``stochastic_sampling`` the data
+  estimate uses that flipped sign too (diffusers 0.42 does not, and so estimates
+  x + σ·v instead of x − σ·v there).
 """
 
 from __future__ import annotations
@@ -248,12 +255,31 @@ class FlowMatchScheduler:
         sample: Tensor,
         generator: torch.Generator | None = None,
         return_dict: bool = True,
+        *,
+        per_token_timesteps: Tensor | None = None,
     ) -> FlowMatchSchedulerOutput | tuple[Tensor]:
         """Advance ``sample`` by one model evaluation's worth of the current step.
 
         Euler: x ← x + (σ_next − σ)·v. Heun: stage 1 returns the Euler predictor at σ_next,
         stage 2 returns x + (σ_next − σ)·(v₁ + v₂)/2. Midpoint: stage 1 returns the state at
         (σ + σ_next)/2, stage 2 returns x + (σ_next − σ)·v_mid.
+
+        ``per_token_timesteps`` (diffusers' contract, passed by ``LTXConditionPipeline``): one
+        timestep per token, broadcastable to ``sample.shape[:-1]`` (packed latents
+        [B, tokens, C], channels last), finite and in [0, ``num_train_timesteps``]. Token j sits
+        at σ_j = timestep_j / N_train and steps to σ'_j, the largest σ of the step grid
+        (``step_sigmas``) below σ_j − 10⁻⁶, or 0 if there is none; a token at σ = 0 does not
+        move. In this mode **model_output is −v**: diffusers computes dt = σ_j − σ'_j ≥ 0 and
+        x + dt·model_output, and the pipeline passes ``-noise_pred`` to get the Euler step
+        x + (σ'_j − σ_j)·v. We keep that contract, so the same pipeline works with either
+        scheduler. With ``stochastic_sampling`` the data estimate is accordingly
+        x + σ_j·model_output = x − σ_j·v (diffusers 0.42 writes x − σ_j·model_output there, the
+        wrong sign for this contract). Heun and midpoint fix (σ_j, σ'_j) in stage "first" and
+        finish that step in stage "second", whose per-token timesteps are checked but not used:
+        the pipeline makes the second model call at the grid's next evaluation, so for a token
+        off the grid (in LTXConditionPipeline: a conditioning of strength < 1) it is not at σ'_j
+        or the midpoint. Both stages of a step must use the same convention. The result stays
+        float32, as in diffusers.
         """
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps before step")
@@ -268,6 +294,18 @@ class FlowMatchScheduler:
             raise ValueError(f"step called {i + 1} times but the schedule has "
                              f"{self.timesteps.numel()} model evaluations")
         k, stage = self._plan[i]
+        if stage == "second" and bool(self._stage.get("per_token")) != (
+                per_token_timesteps is not None):
+            got = ("had them and stage 2 has none" if self._stage.get("per_token")
+                   else "had none and stage 2 has them")
+            raise ValueError(f"per_token_timesteps must be given in both stages of a "
+                             f"{self.config.method} step or in neither (the sign of model_output "
+                             f"depends on it), but stage 1 of step {k} {got}")
+        if per_token_timesteps is not None:
+            prev = self._per_token_step(stage, model_output, sample, per_token_timesteps,
+                                        generator)
+            self._step_index = i + 1
+            return (prev,) if not return_dict else FlowMatchSchedulerOutput(prev_sample=prev)
         sig = self.step_sigmas.to(sample.device)
         s0, s1 = sig[k], sig[k + 1]
         x = sample.to(torch.float32)
@@ -293,6 +331,60 @@ class FlowMatchScheduler:
         if not return_dict:
             return (prev,)
         return FlowMatchSchedulerOutput(prev_sample=prev)
+
+    def _token_sigmas(self, per_token_timesteps: Tensor, sample: Tensor) -> Tensor:
+        """σ of every token (float32, broadcastable to ``sample.shape[:-1]``), validated."""
+        shape = tuple(sample.shape[:-1])
+        t = torch.as_tensor(per_token_timesteps, device=sample.device)
+        try:
+            fits = torch.broadcast_shapes(t.shape, shape) == shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"per_token_timesteps must broadcast to sample.shape[:-1] = "
+                             f"{list(shape)} (one timestep per token; sample is "
+                             f"{list(sample.shape)}, channels last), but has shape "
+                             f"{list(t.shape)}")
+        n = self.config.num_train_timesteps
+        t = t.to(torch.float64)
+        if t.numel() and not (bool(torch.isfinite(t).all()) and 0 <= float(t.min())
+                              and float(t.max()) <= n):
+            raise ValueError(f"per_token_timesteps must be finite and lie in [0, {n}], but range "
+                             f"from {float(t.min())} to {float(t.max())}")
+        # dividing in float64 and rounding to float32 equals diffusers' float32 division of float32
+        # timesteps (53 ≥ 2·24 + 2 bits: the double rounding is harmless), and gives a float32
+        # grid σ back exactly from the float64 timestep N_train·σ
+        return (t / n).to(torch.float32)
+
+    def _per_token_step(self, stage: str, model_output: Tensor, sample: Tensor,
+                        per_token_timesteps: Tensor, generator: torch.Generator | None) -> Tensor:
+        """One evaluation's update in diffusers' per-token convention (model_output = −v)."""
+        s = self._token_sigmas(per_token_timesteps, sample)
+        x = sample.to(torch.float32)
+        m = model_output.to(torch.float32)
+        method = self.config.method
+        if stage == "second":
+            x0, m0, h = self._stage.pop("x"), self._stage.pop("v"), self._stage.pop("h")
+            self._stage.clear()
+            prev = x0 + h * (0.5 * (m0 + m) if method == "heun" else m)
+            return torch.where(h == 0, x, prev)  # a token that began at σ = 0 keeps its state
+        grid = self.step_sigmas.to(x.device)
+        grid = grid.reshape(-1, *([1] * s.dim()))
+        # next σ per token: the largest grid σ strictly below its own (10⁻⁶ slack), else 0
+        s_next = ((grid < s - 1e-6) * grid).amax(dim=0)
+        h = (s - s_next)[..., None]  # σ − σ_next ≥ 0; times model_output = −v it steps down
+        if stage == "euler":
+            if self.config.stochastic_sampling:
+                x_data = x + s[..., None] * m  # x − σ·v with v = −model_output
+                noise = torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                                    device=x.device)
+                prev = (1 - s_next[..., None]) * x_data + s_next[..., None] * noise
+            else:
+                prev = x + h * m
+        else:
+            self._stage = {"x": x, "v": m, "h": h, "per_token": True}
+            prev = x + (h if method == "heun" else 0.5 * h) * m
+        return torch.where(h == 0, x, prev)  # σ = 0: the token does not move
 
     def scale_noise(self, sample: Tensor, timestep: float | Tensor, noise: Tensor) -> Tensor:
         """Forward process at σ = timestep / N_train: σ·noise + (1 − σ)·sample (per batch)."""
