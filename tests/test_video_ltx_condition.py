@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ltx_tiny import LAT_C, TEXT_DIM, tiny_ltx_components
 
 from flowmatch.plugins.video import FlowMatchScheduler
 
@@ -181,7 +182,7 @@ def test_per_token_timesteps_are_validated():
 
 
 # ---- the real LTXConditionPipeline -------------------------------------------------------
-FRAMES, SIZE, LAT_C, TEXT_DIM = 9, 32, 8, 16
+FRAMES, SIZE = 9, 32
 # LTX-Video's scheduler settings, with the resolution-dependent shift off: LTXConditionPipeline
 # calls set_timesteps(timesteps=...) and never passes μ, so use_dynamic_shifting=True raises in
 # both schedulers (checked below); without a shift_terminal the shift is the identity and both
@@ -192,19 +193,7 @@ LTX_CONDITION_SCHEDULER = dict(use_dynamic_shifting=False, base_shift=0.95, max_
 
 @pytest.fixture(scope="module")
 def ltx_condition():
-    torch.manual_seed(0)
-    transformer = diffusers.LTXVideoTransformer3DModel(
-        in_channels=LAT_C, out_channels=LAT_C, patch_size=1, patch_size_t=1,
-        num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, num_layers=1,
-        caption_channels=TEXT_DIM)
-    vae = diffusers.AutoencoderKLLTXVideo(
-        in_channels=3, out_channels=3, latent_channels=LAT_C, block_out_channels=(8,) * 4,
-        decoder_block_out_channels=(8,) * 4, layers_per_block=(1,) * 5,
-        decoder_layers_per_block=(1,) * 5, spatio_temporal_scaling=(True, True, False, False),
-        decoder_spatio_temporal_scaling=(True, True, False, False),
-        decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4,
-        upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1, patch_size_t=1,
-        encoder_causal=True, decoder_causal=False)
+    transformer, vae = tiny_ltx_components(diffusers)
     pipe = diffusers.LTXConditionPipeline(
         scheduler=FlowMatchScheduler(**LTX_CONDITION_SCHEDULER), vae=vae, text_encoder=None,
         tokenizer=None, transformer=transformer)

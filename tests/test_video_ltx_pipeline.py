@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from ltx_tiny import LAT_C, TEXT_DIM, tiny_ltx_components
 
 from flowmatch.plugins.video import (
     FlowMatchScheduler,
@@ -27,7 +28,7 @@ diffusers = pytest.importorskip("diffusers")
 LTX_SCHEDULER = dict(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
                      base_image_seq_len=1024, max_image_seq_len=4096, shift_terminal=0.1)
 # 9 frames of 32×32 px; the tiny VAE compresses 4× in time and space → latents [8, 3, 8, 8]
-FRAMES, SIZE, LAT_C, LAT_T, LAT_HW, TEXT_DIM = 9, 32, 8, 3, 8, 16
+FRAMES, SIZE, LAT_T, LAT_HW = 9, 32, 3, 8
 
 
 class _RecordingScheduler(FlowMatchScheduler):
@@ -45,19 +46,7 @@ class _RecordingScheduler(FlowMatchScheduler):
 
 
 def _tiny_ltx(scheduler):
-    torch.manual_seed(0)
-    transformer = diffusers.LTXVideoTransformer3DModel(
-        in_channels=LAT_C, out_channels=LAT_C, patch_size=1, patch_size_t=1,
-        num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, num_layers=1,
-        caption_channels=TEXT_DIM)
-    vae = diffusers.AutoencoderKLLTXVideo(
-        in_channels=3, out_channels=3, latent_channels=LAT_C, block_out_channels=(8,) * 4,
-        decoder_block_out_channels=(8,) * 4, layers_per_block=(1,) * 5,
-        decoder_layers_per_block=(1,) * 5, spatio_temporal_scaling=(True, True, False, False),
-        decoder_spatio_temporal_scaling=(True, True, False, False),
-        decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4,
-        upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1, patch_size_t=1,
-        encoder_causal=True, decoder_causal=False)
+    transformer, vae = tiny_ltx_components(diffusers)
     # prompt embeddings are passed directly, so no tokenizer or text encoder is needed
     pipe = diffusers.LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=None,
                                  tokenizer=None, transformer=transformer)
