@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="optional: train for this wall-clock budget instead of a step count")
     ap.add_argument("--save-model", type=str, default=None,
                     help="optional: save the EMA network's state_dict here")
+    ap.add_argument("--load-model", type=str, default=None,
+                    help="optional: evaluate this saved EMA state_dict (same architecture flags) "
+                         "instead of training")
     ap.add_argument("--seed", type=int, default=0)
     # recipe knobs (defaults are the tuned recipe; see the module docstring)
     ap.add_argument("--t-loc", type=float, default=0.0,
@@ -270,9 +273,15 @@ def main(argv: list[str] | None = None) -> int:
         attention_blocks=(None if cfg["attention_blocks"] is None
                           else tuple(cfg["attention_blocks"])))
     cfg["parameters"] = sum(p.numel() for p in net.parameters())
-    ema, steps, secs, losses = train(net, cfg, args.seed, train_steps, budget)
-    cfg.update(train_steps=steps, train_seconds_measured=round(secs, 1),
-               train_loss_last100=float(np.mean(losses[-100:])))
+    if args.load_model:
+        # weights only: a state_dict of tensors, nothing executable is unpickled
+        net.load_state_dict(torch.load(args.load_model, map_location="cpu", weights_only=True))
+        ema, steps, secs = net.requires_grad_(False), 0, 0.0
+        cfg.update(loaded_model=args.load_model, train_steps=None)
+    else:
+        ema, steps, secs, losses = train(net, cfg, args.seed, train_steps, budget)
+        cfg.update(train_steps=steps, train_seconds_measured=round(secs, 1),
+                   train_loss_last100=float(np.mean(losses[-100:])))
     ema.eval()
     if args.save_model:
         torch.save(ema.state_dict(), args.save_model)
@@ -342,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
             better[k])
 
     # -- print -------------------------------------------------------------------------------
-    print(f"trained {steps} steps in {secs:.0f} s ({cfg['parameters']} parameters, "
+    what = (f"loaded {args.load_model}" if args.load_model
+            else f"trained {steps} steps in {secs:.0f} s")
+    print(f"{what} ({cfg['parameters']} parameters, "
           f"threads {cfg['threads']}); val FM loss at t = 0.25/0.5/0.75/0.9: "
           + ", ".join(f"{r['value']:.4f}" for r in rows[:4]))
     print(f"{'sampler':<16}{'NFE':>4}{'calls':>6}{'ODE rmse':>10}{'mass err':>10}{'1 object':>10}"
