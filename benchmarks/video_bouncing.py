@@ -46,7 +46,6 @@ no published number for this task. Timings on a shared machine are provisional.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -57,85 +56,33 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 from flowmatch.plugins.video import (  # noqa: E402
     FlowMatchScheduler,
     VideoSampler,
     bouncing_shapes,
     flow_sigmas,
-    sample_training_t,
+    occupancy,
+    physics,
     video_path_sample,
 )
 from flowmatch.plugins.video.model import VideoVelocityNet  # noqa: E402
 from flowmatch.plugins.video.plugin import save_strip  # noqa: E402
-
-
-# -- physics of a clip ------------------------------------------------------------------------
-def occupancy(video: torch.Tensor) -> torch.Tensor:
-    """[B, 1, T, H, W] in [−1, 1] → disc occupancy in [0, 1], [B, T, H, W]."""
-    return ((video[:, 0].float() + 1) / 2).clamp(0, 1)
-
-
-def physics(video: torch.Tensor) -> dict[str, float]:
-    """Mass variation, object count, centroid speed and acceleration of one-disc clips."""
-    occ = occupancy(video)
-    B, T, H, W = occ.shape
-    mass = occ.sum(dim=(2, 3))  # [B, T]
-    mbar = mass.mean(1, keepdim=True).clamp_min(1e-6)
-    mass_err = float(((mass - mbar).abs() / mbar).mean())
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32),
-                            torch.arange(W, dtype=torch.float32), indexing="ij")
-    w = occ / occ.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)
-    cx, cy = (w * xs).sum(dim=(2, 3)), (w * ys).sum(dim=(2, 3))
-    c = torch.stack([cx, cy], -1)  # [B, T, 2]
-    speed = (c[:, 1:] - c[:, :-1]).norm(dim=-1)
-    acc = (c[:, 2:] - 2 * c[:, 1:-1] + c[:, :-2]).norm(dim=-1)
-    binary = (occ > 0.5).numpy()
-    counts = np.array([[ndimage.label(binary[b, k])[1] for k in range(T)] for b in range(B)])
-    return {"mass_error": mass_err, "mean_mass": float(mass.mean()),
-            "one_object_frames": float((counts == 1).mean()),
-            "centroid_speed": float(speed.mean()), "centroid_accel": float(acc.mean())}
+from flowmatch.plugins.video.training import train_bouncing  # noqa: E402
 
 
 # -- training ---------------------------------------------------------------------------------
 def train(net, cfg, seed: int, steps: int, budget_s: float | None = None):
-    """AdamW with a 50-step warm-up and cosine decay to 0, EMA of the weights.
+    """The plugin's recipe (``train_bouncing``, which documents it) with ``cfg``'s knobs.
 
     Runs ``steps`` optimiser steps (the LR schedule spans them), so the result does not depend
     on machine load; with ``budget_s`` it instead runs until that many wall-clock seconds and
-    the cosine spans the time budget.
+    the cosine spans the time budget. Returns (EMA network, steps, seconds, losses).
     """
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=0.0)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    done, start, losses = 0, time.perf_counter(), []
-    while True:
-        frac = ((time.perf_counter() - start) / budget_s if budget_s is not None
-                else done / steps)
-        if frac >= 1:
-            break
-        lr = cfg["lr"] * min(1.0, (done + 1) / 50) * 0.5 * (1 + np.cos(np.pi * frac))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x1 = bouncing_shapes(cfg["batch"], num_frames=cfg["frames"], size=cfg["size"],
-                             generator=g).video
-        x0 = torch.randn(x1.shape, generator=g)
-        t = sample_training_t(cfg["batch"], method=cfg["t_method"], loc=cfg["t_loc"],
-                              scale=cfg["t_scale"], generator=g)
-        x_t, target, _ = video_path_sample(x0, x1, t)
-        loss = (net(x_t, t) - target).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        decay = min(cfg["ema"], (1 + done) / (10 + done))  # short warm-up of the average
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
-                pe.lerp_(p, 1 - decay)
-        losses.append(float(loss.detach()))
-        done += 1
-    return ema, done, time.perf_counter() - start, losses
+    r = train_bouncing(net, steps=steps, batch=cfg["batch"], frames=cfg["frames"],
+                       size=cfg["size"], lr=cfg["lr"], ema=cfg["ema"], t_method=cfg["t_method"],
+                       t_loc=cfg["t_loc"], t_scale=cfg["t_scale"], seed=seed, budget_s=budget_s)
+    return r.ema, r.steps, r.seconds, r.losses
 
 
 @torch.no_grad()

@@ -4,7 +4,9 @@ Modules: ``conventions`` (flowmatch t vs diffusers σ), ``timesteps`` (training 
 shift, schedules), ``samplers`` (Euler/Heun/midpoint with frozen frames and guidance),
 ``conditioning`` (frame masks, masked loss, long videos), ``adapters`` (diffusion model as a
 velocity field), ``scheduler`` (diffusers-compatible scheduler), ``model`` (a small video
-velocity network), ``data`` (analytic Gaussian video, bouncing shapes), ``plugin`` (CLI).
+velocity network), ``data`` (analytic Gaussian video, bouncing shapes), ``metrics`` (physics of
+bouncing-disc clips), ``training`` (the bouncing-disc recipe and its checkpoints), ``plugin``
+(CLI).
 None of them imports diffusers; only the tests and the benchmark use it when present.
 
 Names are loaded on first access, so discovering the plugin (``flowmatch --help``) does not import
@@ -40,9 +42,11 @@ _EXPORTS = {
     "linear_mu": "flowmatch.plugins.video.timesteps",
     "loss_weight": "flowmatch.plugins.video.timesteps",
     "masked_mse": "flowmatch.plugins.video.conditioning",
+    "occupancy": "flowmatch.plugins.video.metrics",
     "opensora_v12_shift": "flowmatch.plugins.video.timesteps",
     "opensora_v2_shift": "flowmatch.plugins.video.timesteps",
     "per_frame_time": "flowmatch.plugins.video.conditioning",
+    "physics": "flowmatch.plugins.video.metrics",
     "random_training_mask": "flowmatch.plugins.video.conditioning",
     "sample_training_t": "flowmatch.plugins.video.timesteps",
     "sample_video": "flowmatch.plugins.video.samplers",
@@ -50,6 +54,8 @@ _EXPORTS = {
     "shift_t": "flowmatch.plugins.video.timesteps",
     "sigma_to_t": "flowmatch.plugins.video.conventions",
     "t_to_sigma": "flowmatch.plugins.video.conventions",
+    "train_bouncing": "flowmatch.plugins.video.training",
+    "trajectory_accel": "flowmatch.plugins.video.metrics",
     "velocity_to_diffusers": "flowmatch.plugins.video.conventions",
     "video_path_sample": "flowmatch.plugins.video.conditioning",
 }
@@ -60,10 +66,10 @@ __all__ = [
     "concat_condition", "ddpm_alphas_cumprod",
     "diffusers_to_velocity", "extension_mask", "first_frame_mask", "first_last_mask",
     "flow_sigmas", "flow_time_grid", "frame_time_like", "generate_long", "last_frame_mask",
-    "linear_mu", "loss_weight", "masked_mse", "opensora_v12_shift", "opensora_v2_shift",
-    "per_frame_time", "random_training_mask", "sample_training_t", "sample_video",
-    "shift_sigma", "shift_t", "sigma_to_t", "t_to_sigma", "velocity_to_diffusers",
-    "video_path_sample",
+    "linear_mu", "loss_weight", "masked_mse", "occupancy", "opensora_v12_shift",
+    "opensora_v2_shift", "per_frame_time", "physics", "random_training_mask",
+    "sample_training_t", "sample_video", "shift_sigma", "shift_t", "sigma_to_t", "t_to_sigma",
+    "train_bouncing", "trajectory_accel", "velocity_to_diffusers", "video_path_sample",
 ]
 
 

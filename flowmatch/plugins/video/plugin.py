@@ -8,13 +8,24 @@ fast.
 Sub-commands:
     flowmatch video schedule --steps 28 --shift 3     print the σ / t / timestep schedule
     flowmatch video bouncing --out strip.png          render procedural bouncing-shape clips
+    flowmatch video train --out model.pt              train VideoVelocityNet on bouncing discs
+    flowmatch video sample --model model.pt --out samples.png [--gif samples.gif]
+                                                      sample clips, print their physics next
+                                                      to real clips' (--first-frame-from-data:
+                                                      image-to-video from a real first frame)
+
+``train`` runs the recipe of benchmarks/video_bouncing.py (``training.train_bouncing``; the
+same arguments give the same weights) and writes a weights-only checkpoint
+(``training.save_bouncing_checkpoint``) that ``sample`` rebuilds the network from.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-__all__ = ["register_cli"]
+__all__ = ["register_cli", "save_gif", "save_strip"]
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,7 +52,106 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     bounce.add_argument("--objects", type=int, default=1)
     bounce.add_argument("--seed", type=int, default=0)
     bounce.set_defaults(func=_cmd_bouncing)
+
+    train = sub.add_parser(
+        "train", help="train a video velocity network on procedural bouncing discs",
+        description="Train VideoVelocityNet by flow matching on fresh bouncing-disc clips "
+        "(the recipe of benchmarks/video_bouncing.py: AdamW, 50-step warm-up and cosine "
+        "decay, EMA 0.995, sigma = 1 - t ~ logit-normal(0, 1), velocity MSE) and save the EMA "
+        "weights as a weights-only checkpoint for `flowmatch video sample`. The disc radius "
+        "scales with --size (2-3 px at 16).")
+    train.add_argument("--out", required=True, help="checkpoint path (written atomically)")
+    train.add_argument("--steps", type=_positive_int, default=6000,
+                       help="optimiser steps (default 6000, about 10 min on one thread)")
+    train.add_argument("--batch", type=_positive_int, default=16)
+    train.add_argument("--width", type=_positive_int, default=48, help="hidden channels")
+    train.add_argument("--depth", type=_positive_int, default=4, help="residual blocks")
+    train.add_argument("--frames", type=_frames, default=8, help="frames per clip (≥ 3)")
+    train.add_argument("--size", type=_size, default=16, help="frame side, even and ≥ 8")
+    train.add_argument("--lr", type=_positive_float, default=2e-3, help="peak learning rate")
+    train.add_argument("--seed", type=int, default=0, help="initialisation and data seed")
+    train.add_argument("--threads", type=_positive_int, default=None,
+                       help="torch CPU threads (default: torch's choice)")
+    train.add_argument("--temporal-dilations", type=_int_list, default=[1],
+                       help="comma-separated dilation of each block's temporal convolution")
+    train.add_argument("--attention", choices=["none", "temporal", "global"], default="none",
+                       help="self-attention after the blocks (default none)")
+    train.add_argument("--attention-blocks", type=_int_list, default=None,
+                       help="comma-separated block indices followed by attention (default all)")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(func=_cmd_train)
+
+    smp = sub.add_parser(
+        "sample", help="sample clips from a trained checkpoint and score their physics",
+        description="Sample clips from a `flowmatch video train` checkpoint with a fixed-step "
+        "ODE solver on the shifted grid sigma = linspace(1, 1/steps, steps) + [0], write them "
+        "as a PNG strip (rows = clips, columns = frames) and print their physics (mass error, "
+        "one-object frames, centroid acceleration and speed) next to real clips'.")
+    smp.add_argument("--model", required=True, help="checkpoint from `flowmatch video train`")
+    smp.add_argument("--out", required=True, help="output .png strip")
+    smp.add_argument("--gif", default=None, help="optional animated GIF of the samples")
+    smp.add_argument("--num", type=_positive_int, default=8, help="clips to sample (default 8)")
+    smp.add_argument("--method", choices=["euler", "heun", "midpoint"], default="heun",
+                     help="ODE solver (default heun)")
+    smp.add_argument("--steps", type=_positive_int, default=16,
+                     help="solver steps (default 16; Heun spends 2·steps − 1 network calls, "
+                          "midpoint 2·steps)")
+    smp.add_argument("--shift", type=_positive_float, default=1.0,
+                     help="static shift of the sigma grid (1 = none)")
+    smp.add_argument("--seed", type=int, default=0, help="seed of the noise and real clips")
+    smp.add_argument("--threads", type=_positive_int, default=None)
+    smp.add_argument("--first-frame-from-data", action="store_true",
+                     help="image-to-video: condition on frame 0 of real clips (per-frame for a "
+                          "mask-conditioned net, else by replacement, which is biased)")
+    smp.set_defaults(func=_cmd_sample)
     return video
+
+
+# -- argument types ---------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _frames(text: str) -> int:
+    value = int(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(
+            f"must be ≥ 3 (the centroid acceleration needs three frames), got {value}")
+    return value
+
+
+def _size(text: str) -> int:
+    value = int(text)
+    if value < 8 or value % 2:
+        raise argparse.ArgumentTypeError(
+            f"must be an even number ≥ 8 (patch 2, and the discs need room), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated integers, e.g. 1,2, got {text!r}") from None
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"must be non-negative integers, got {text!r}")
+    return values
+
+
+def _fail(command: str, err: BaseException, code: int = 1) -> int:
+    print(f"flowmatch video {command}: error: {err}", file=sys.stderr)
+    return code
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
@@ -74,6 +184,155 @@ def _cmd_bouncing(args: argparse.Namespace) -> int:
     save_strip(data.video, args.out)
     print(f"wrote {args.num} clips of {args.frames} frames to {args.out}")
     return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from flowmatch import __version__
+    from flowmatch.plugins.video.training import (
+        WARMUP_STEPS,
+        bouncing_radius,
+        build_net,
+        net_config,
+        save_bouncing_checkpoint,
+        train_bouncing,
+    )
+
+    if args.attention_blocks is not None and args.attention == "none":
+        return _fail("train", "--attention-blocks needs --attention temporal or global", 2)
+    out = Path(args.out)
+    if out.is_dir():
+        return _fail("train", f"--out {str(out)!r} is a folder; give a file path", 2)
+    out.parent.mkdir(parents=True, exist_ok=True)  # fail now, not after the training run
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    # architecture of benchmarks/video_bouncing.py: patch 2, spatial dilations 1, 2, 1, 2
+    try:
+        arch = net_config(channels=1, width=args.width, depth=args.depth, patch=2,
+                          dilations=[1, 2, 1, 2], temporal_dilations=args.temporal_dilations,
+                          attention=args.attention, attention_blocks=args.attention_blocks)
+        torch.manual_seed(args.seed)  # the network's initialisation, as in the benchmark
+        net = build_net(arch)
+    except ValueError as err:
+        return _fail("train", err, 2)
+    data = dict(frames=args.frames, size=args.size, objects=1,
+                radius=list(bouncing_radius(args.size)))
+    recipe = dict(steps=args.steps, batch=args.batch, lr=args.lr, ema=0.995,
+                  warmup_steps=WARMUP_STEPS, t_method="logit_normal", t_loc=0.0, t_scale=1.0,
+                  seed=args.seed)
+    started = time.perf_counter()
+    result = train_bouncing(
+        net, steps=args.steps, batch=args.batch, frames=args.frames, size=args.size,
+        objects=1, radius=tuple(data["radius"]), lr=args.lr, ema=recipe["ema"],
+        t_method=recipe["t_method"], t_loc=recipe["t_loc"], t_scale=recipe["t_scale"],
+        seed=args.seed, progress=not args.no_progress)
+    tail = result.losses[-max(1, len(result.losses) // 10):]
+    head = result.losses[:max(1, len(result.losses) // 10)]
+    final_loss = sum(tail) / len(tail)
+    params = sum(p.numel() for p in net.parameters())
+    config = {"net": arch, "data": data,
+              "train": {**recipe, "seconds": round(result.seconds, 2),
+                        "final_loss": final_loss, "parameters": params,
+                        "threads": torch.get_num_threads(), "flowmatch": str(__version__),
+                        "torch": str(torch.__version__)}}
+    save_bouncing_checkpoint(out, result.ema, config)
+    print(f"trained {result.steps} steps in {time.perf_counter() - started:.1f} s ({params} "
+          f"parameters, threads {torch.get_num_threads()}); training loss "
+          f"{sum(head) / len(head):.4f} (first 10%) → {final_loss:.4f} (last 10%); "
+          f"wrote {out}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from flowmatch.plugins.video.conditioning import first_frame_mask
+    from flowmatch.plugins.video.data import bouncing_shapes
+    from flowmatch.plugins.video.metrics import physics, trajectory_accel
+    from flowmatch.plugins.video.samplers import VideoSampler
+    from flowmatch.plugins.video.timesteps import flow_time_grid
+    from flowmatch.plugins.video.training import load_bouncing_checkpoint
+
+    try:
+        net, config = load_bouncing_checkpoint(args.model)
+    except (FileNotFoundError, ValueError) as err:
+        return _fail("sample", err)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    data = config.get("data", {})
+    try:
+        frames, size = int(data["frames"]), int(data["size"])
+        radius = tuple(float(r) for r in data["radius"])
+    except (KeyError, TypeError, ValueError) as err:
+        return _fail("sample", f"model {args.model!r} lacks the data settings "
+                     f"(frames, size, radius) in its config: {err!r}")
+    g = torch.Generator().manual_seed(args.seed)
+    real = bouncing_shapes(args.num, num_frames=frames, size=size,
+                           num_objects=int(data.get("objects", 1)), radius=radius, generator=g)
+    x0 = torch.randn(real.video.shape, generator=g)
+    # sigma = linspace(1, 1/N, N) shifted once, then 0 (no tiny last step; the benchmark's grid)
+    grid = flow_time_grid(args.steps, shift=args.shift,
+                          sigma_min=1.0 / args.steps if args.steps > 1 else 0.0).float()
+    field, cond, note = net, {}, None
+    if args.first_frame_from_data:
+        known = first_frame_mask(frames)
+        if net.mask_conditioning:
+            def field(x, t):
+                return net(x, t, known=known, reference=real.video)
+
+            cond = dict(known=known, reference=real.video, conditioning="per_frame")
+            note = "frame 0 given from the data clips (mask-conditioned net, per-frame time)"
+        else:
+            cond = dict(known=known, reference=real.video, conditioning="replace")
+            note = ("frame 0 given from the data clips by replacement: this net was trained "
+                    "without mask conditioning, so the other frames see only the noised frame "
+                    "0, which is biased (see flowmatch/plugins/video/samplers.py)")
+    sampler = VideoSampler(field, args.method)
+    with torch.no_grad():
+        x = sampler.sample(x0, time_grid=grid, **cond)
+    ph_s, ph_d = physics(x), physics(real.video)
+    true_acc = trajectory_accel(real.positions)
+    for path in (args.out, args.gif):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_strip(x, args.out)
+    if args.gif is not None:
+        save_gif(x, args.gif)
+
+    print(f"{args.method}, {args.steps} steps ({sampler.nfe} network calls), shift "
+          f"{args.shift:g}: {args.num} clips of {frames} frames, {size}×{size} px")
+    if note is not None:
+        print(note)
+    print(f"{'':<9}{'mass err':>10}{'1 object':>10}{'|accel|':>10}{'speed':>10}{'mass':>10}")
+    for name, ph in (("samples", ph_s), ("data", ph_d)):
+        print(f"{name:<9}{ph['mass_error']:>10.4f}{ph['one_object_frames']:>10.3f}"
+              f"{ph['centroid_accel']:>10.3f}{ph['centroid_speed']:>10.3f}"
+              f"{ph['mean_mass']:>10.2f}")
+    print(f"(centroid |accel| in px/frame², speed in px/frame, mass in px; data: {args.num} "
+          f"real clips, true |accel| from their positions {true_acc:.3f})")
+    print("wrote " + args.out + (f" and {args.gif}" if args.gif is not None else ""))
+    return 0
+
+
+def save_gif(video, path: str, *, scale: int = 4, duration_ms: int = 150) -> None:
+    """Save clips [B, 1, T, H, W] in [−1, 1] as an animated GIF, clips side by side.
+
+    Each GIF frame is one video frame of every clip, enlarged ``scale`` times (nearest
+    neighbour); it loops forever at ``duration_ms`` per frame.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from flowmatch.plugins.video.metrics import occupancy
+
+    occ = (occupancy(video.detach().cpu()) * 255).byte().numpy()  # [B, T, H, W]
+    B, T, H, W = occ.shape
+    frames = [Image.fromarray(np.concatenate(list(occ[:, k]), axis=1)).resize(
+        (W * B * scale, H * scale), Image.NEAREST) for k in range(T)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
 
 
 def save_strip(video, path: str) -> None:
