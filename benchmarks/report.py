@@ -40,6 +40,8 @@ def render(doc: dict, source: str) -> str:
         text = fmt(r["value"])
         if r.get("std") is not None:
             text += f" ± {fmt(r['std'])}"
+        elif r.get("stderr") is not None:
+            text += f" ± {fmt(r['stderr'])} s.e."
         cells[(system, key)] = text
     head = ["system"] + [
         f"{k}" + (f" ({u})" if u and u not in ("x", "") else (" (×)" if u == "x" else ""))

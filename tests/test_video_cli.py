@@ -144,7 +144,8 @@ def test_train_rejects_bad_arguments_before_training(tmp_path, capsys):
     code = cli.main(["video", "train", "--out", ckpt, "--depth", "1", "--attention", "temporal",
                      "--attention-blocks", "3"])
     assert code == 2 and "attention_blocks must index blocks 0..0" in capsys.readouterr().err
-    assert cli.main(["video", "train", "--out", ckpt, "--attention-blocks", "0"]) == 2
+    assert cli.main(["video", "train", "--out", ckpt, "--attention", "none",
+                     "--attention-blocks", "0"]) == 2
     assert "--attention-blocks needs --attention" in capsys.readouterr().err
     assert not os.path.exists(ckpt)
 
