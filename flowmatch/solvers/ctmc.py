@@ -21,7 +21,8 @@ binary search on the jumping ones, on top of the network (``torch.multinomial`` 
 slower here; see ``../shared/notes/machine-gotchas.md`` and ``benchmarks/discrete_2d.py``).
 
 :func:`ctmc_step` is the pure step, for product solvers that advance several factors on one time
-grid; :class:`DiscreteSolver` runs it over a grid with a network.
+grid (:func:`~flowmatch.solvers.discrete_step.discrete_step_for` picks it for mixture paths);
+:class:`DiscreteSolver` runs it over a grid with a network.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from flowmatch._validation import validation_enabled
 from flowmatch.geometry.discrete import Discrete
 from flowmatch.paths.mixture import Corrector, MixtureDiscretePath, _kappa, source_jump_rate
 from flowmatch.paths.schedulers import ConvexScheduler
-from flowmatch.solvers._grid import forward_step_times
+from flowmatch.solvers.discrete_step import _TokenChainSolver, discrete_step_for
 
 
 def filter_logits(
@@ -221,7 +222,7 @@ def _source_draw(space: Discrete, like: Tensor, generator: torch.Generator | Non
     return space.sample_base(like.shape, generator=generator, device=like.device).to(like.dtype)
 
 
-class DiscreteSolver:
+class DiscreteSolver(_TokenChainSolver):
     """Sample a discrete flow: run :func:`ctmc_step` over a time grid with a posterior network.
 
     ``field(x_t, t, **cond)`` takes tokens x_t (int64 [B, ...], mask token included) and times
@@ -270,26 +271,11 @@ class DiscreteSolver:
         ``top_k``, ``top_p``, ``keep_unmasked`` and ``unmasking`` are those of
         :func:`ctmc_step`. ``cond`` goes to the network verbatim.
         """
-        space = self.space
-        space.check_point(x0, "x0")
-        if x0.dim() == 0:
-            raise ValueError("x0 must have a leading batch dimension, got a scalar")
-        times, marks = forward_step_times(time_grid, num_steps, step_size)
-        x = x0.long()
-        out = [x] if return_intermediates else None
-        batch = x.shape[0]
-        self.nfe = 0
-        validate = validation_enabled()
-        for i in range(len(times) - 1):
-            t, t_next = times[i], times[i + 1]
-            logits = self.field(x, torch.full((batch,), t, device=x.device), **cond)
-            self.nfe += 1
-            if validate:
-                space.check_logits(logits, x, f"the field's logits at t={t:.4g}")
-            x = _step(x, logits, t, t_next - t, self.scheduler, space, eta=eta,
-                          corrector=corrector, temperature=temperature, top_k=top_k,
-                          top_p=top_p, keep_unmasked=keep_unmasked, unmasking=unmasking,
-                          generator=generator)
-            if out is not None and i + 1 in marks:
-                out.append(x)
-        return torch.stack(out) if out is not None else x
+        options = {"eta": eta, "corrector": corrector, "temperature": temperature,
+                   "top_k": top_k, "top_p": top_p, "keep_unmasked": keep_unmasked,
+                   "unmasking": unmasking}
+        step = discrete_step_for(self.scheduler, self.space, options, generator=generator,
+                                 checked=False)
+        return self._run_chain(x0, step, time_grid=time_grid, num_steps=num_steps,
+                               step_size=step_size, return_intermediates=return_intermediates,
+                               cond=cond)

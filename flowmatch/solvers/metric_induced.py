@@ -16,8 +16,8 @@ from torch import Tensor
 from flowmatch._validation import validation_enabled
 from flowmatch.geometry.discrete import Discrete
 from flowmatch.paths.metric_induced import MetricInducedPath, _sample_weights
-from flowmatch.solvers._grid import forward_step_times
 from flowmatch.solvers.ctmc import filter_logits
+from flowmatch.solvers.discrete_step import _TokenChainSolver, discrete_step_for
 
 __all__ = ["MetricInducedSolver", "metric_induced_step", "STEP_METHODS"]
 
@@ -92,7 +92,7 @@ def _step(x_t, logits, t, h, path, method, temperature, top_k, top_p, generator)
     return x_next.view(x_t.shape)
 
 
-class MetricInducedSolver:
+class MetricInducedSolver(_TokenChainSolver):
     """Sample a metric-induced discrete flow: :func:`metric_induced_step` over a time grid.
 
     ``field(x_t, t, **cond)`` maps tokens int64 [B, ...] and times [B] to posterior logits
@@ -130,25 +130,10 @@ class MetricInducedSolver:
         to [0, 1] and ``num_steps`` / ``step_size`` subdivide it uniformly. With
         ``return_intermediates`` the result is stacked at the ``time_grid`` points.
         """
-        if method not in STEP_METHODS:
-            raise ValueError(f"method must be one of {STEP_METHODS}, got {method!r}")
-        space = self.space
-        space.check_point(x0, "x0")
-        if x0.dim() == 0:
-            raise ValueError("x0 must have a leading batch dimension, got a scalar")
-        times, marks = forward_step_times(time_grid, num_steps, step_size)
-        x = x0.long()
-        out = [x] if return_intermediates else None
-        self.nfe = 0
-        validate = validation_enabled()
-        for i in range(len(times) - 1):
-            t, t_next = times[i], times[i + 1]
-            logits = self.field(x, torch.full((x.shape[0],), t, device=x.device), **cond)
-            self.nfe += 1
-            if validate:
-                space.check_logits(logits, x, f"the field's logits at t={t:.4g}")
-            x = _step(x, logits, t, t_next - t, self.path, method, temperature, top_k, top_p,
-                      generator)
-            if out is not None and i + 1 in marks:
-                out.append(x)
-        return torch.stack(out) if out is not None else x
+        options = {"method": method, "temperature": temperature, "top_k": top_k,
+                   "top_p": top_p}
+        step = discrete_step_for(self.path, self.space, options, generator=generator,
+                                 checked=False)
+        return self._run_chain(x0, step, time_grid=time_grid, num_steps=num_steps,
+                               step_size=step_size, return_intermediates=return_intermediates,
+                               cond=cond)

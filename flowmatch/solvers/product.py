@@ -7,13 +7,15 @@ t + h evaluates the field once at (x, t) and then
 
 * moves each continuous factor along its geometry: x ← exp_x(h · P_x u) (geodesic Euler;
   ``continuous_step="projx"`` uses projx(x + h u) instead), and
-* jumps each discrete factor with :func:`~flowmatch.solvers.ctmc.ctmc_step` (exact τ-leaping
-  jump probabilities of its mixture path).
+* jumps each discrete factor with the τ-leaping step of its path, chosen by
+  :func:`~flowmatch.solvers.discrete_step.discrete_step_for`:
+  :func:`~flowmatch.solvers.ctmc.ctmc_step` for a mixture path (exact jump probabilities) and
+  :func:`~flowmatch.solvers.metric_induced.metric_induced_step` for a metric-induced path.
 
 With ``method="midpoint"`` the continuous factors take a midpoint step — a second evaluation at
 t + h/2 with the continuous factors advanced half a step and the discrete ones held — while the
-discrete factors still jump with the logits from t (a CTMC step has no midpoint rule that keeps
-its jump probabilities exact). All factors share the grid, so the sampled joint is coupled
+discrete factors still jump with the logits from t (a τ-leaping step has no midpoint rule that
+keeps its jump probabilities exact). All factors share the grid, so the sampled joint is coupled
 through the network exactly as it was trained.
 """
 
@@ -28,12 +30,15 @@ from torch import Tensor
 from flowmatch._validation import validation_enabled
 from flowmatch.geometry.discrete import Discrete
 from flowmatch.geometry.product import Product
+from flowmatch.paths.metric_induced import MetricInducedPath
+from flowmatch.paths.mixture import MixtureDiscretePath
 from flowmatch.paths.product import ProductPath
 from flowmatch.paths.schedulers import ConvexScheduler
 from flowmatch.solvers._grid import forward_step_times
-from flowmatch.solvers.ctmc import ctmc_step
+from flowmatch.solvers.discrete_step import discrete_step_for
 
 Point = dict[str, Tensor]
+DiscretePath = MixtureDiscretePath | MetricInducedPath | ConvexScheduler
 
 
 class ProductSolver:
@@ -44,40 +49,36 @@ class ProductSolver:
             returns a dict with a tangent (ambient) vector for every continuous factor and
             posterior logits [..., K] for every discrete factor.
         geometry: the :class:`Product`.
-        path: the :class:`ProductPath` the field was trained with; its discrete factors' paths
-            supply the convex schedulers the CTMC steps need (a mapping factor → scheduler
-            works too).
+        path: the :class:`ProductPath` the field was trained with; each discrete factor's path
+            (a :class:`MixtureDiscretePath` or a :class:`MetricInducedPath`) decides its step.
+            A mapping factor → path (or → ConvexScheduler, for a mixture path) works too.
     """
 
     def __init__(
         self,
         field: Callable[..., Mapping[str, Tensor]],
         geometry: Product,
-        path: ProductPath | Mapping[str, ConvexScheduler],
+        path: ProductPath | Mapping[str, DiscretePath],
     ) -> None:
         if not isinstance(geometry, Product):
             raise TypeError(f"geometry must be a Product, got {type(geometry).__name__}")
         if not callable(field):
             raise TypeError(f"field must be callable, got {type(field).__name__}")
-        schedulers = {}
+        paths = {}
         for name in geometry.discrete_factors:
             if isinstance(path, ProductPath):
                 if name not in path.paths:
                     raise ValueError(f"path has no path for the discrete factor {name!r}")
-                schedulers[name] = getattr(path.paths[name], "scheduler", None)
+                paths[name] = path.paths[name]
             else:
-                schedulers[name] = path.get(name)
-            if not isinstance(schedulers[name], ConvexScheduler):
-                raise TypeError(
-                    f"discrete factor {name!r} needs a ConvexScheduler (its mixture path's), "
-                    f"got {type(schedulers[name]).__name__}"
-                )
+                paths[name] = path.get(name)
         for name, g in geometry.discrete_factors.items():
             if not isinstance(g, Discrete):
                 raise TypeError(f"discrete factor {name!r} must be a Discrete space")
+            discrete_step_for(paths[name], g, factor=name)  # the path fits: raise now, not later
         self.field = field
         self.geometry = geometry
-        self.schedulers: dict[str, ConvexScheduler] = schedulers
+        self.discrete_paths: dict[str, DiscretePath] = paths
         self.nfe = 0
 
     def _call(self, x: Point, t: float, batch: int, device, dtype, cond) -> Mapping[str, Tensor]:
@@ -120,9 +121,12 @@ class ProductSolver:
         ``x0`` is a dict of factor tensors (e.g. ``geometry.sample_base``). The field gets t of
         shape [``batch_size``] (default: the leading size of the first continuous factor, or
         of the first factor). ``discrete_options`` maps a discrete factor to keyword arguments
-        of :func:`ctmc_step` (``eta``, ``corrector``, ``temperature``, ``top_k``, ``top_p``,
-        ``keep_unmasked``). With ``return_intermediates`` returns the list of states at the
-        ``time_grid`` points (the first is x0).
+        of its step: :func:`~flowmatch.solvers.ctmc.ctmc_step` for a mixture path (``eta``,
+        ``corrector``, ``temperature``, ``top_k``, ``top_p``, ``keep_unmasked``,
+        ``unmasking``), :func:`~flowmatch.solvers.metric_induced.metric_induced_step` for a
+        metric-induced path (``method``, ``temperature``, ``top_k``, ``top_p``); other keys
+        are an error that names the factor and the allowed keys. With ``return_intermediates``
+        returns the list of states at the ``time_grid`` points (the first is x0).
         """
         geometry = self.geometry
         geometry.check_point(x0, "x0")
@@ -136,6 +140,9 @@ class ProductSolver:
         unknown = sorted(set(options) - set(geometry.discrete_factors))
         if unknown:
             raise ValueError(f"discrete_options names factors that are not discrete: {unknown}")
+        steps = {k: discrete_step_for(p, geometry.factors[k], options.get(k), generator=generator,
+                                      factor=k)
+                 for k, p in self.discrete_paths.items()}
         times, marks = forward_step_times(time_grid, num_steps, step_size)
         marks = set(marks)
 
@@ -164,8 +171,7 @@ class ProductSolver:
                 for k in continuous:
                     new[k] = self._move(x[k], out[k], h, k, continuous_step)
             for k in discrete:
-                new[k] = ctmc_step(x[k], out[k], t, h, self.schedulers[k],
-                                   geometry.factors[k], generator=generator, **options.get(k, {}))
+                new[k] = steps[k](x[k], out[k], t, h)
             x = new
             if trajectory is not None and i + 1 in marks:
                 trajectory.append(x)
