@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
     hidden = args.hidden or (64 if args.quick else 256)
     layers = args.layers or (3 if args.quick else 4)
     batch = args.batch or (256 if args.quick else 512)
-    eval_steps = args.eval_steps or (10 if args.quick else 50)
+    # 100: at 24,000 training steps RK4 × 50 can sit 0.05 nats off RK4 × 100 (sharper fields)
+    eval_steps = args.eval_steps or (10 if args.quick else 100)
     earth_dir = args.data_dir / "sphere" / "earth"
     if not earth_dir.is_dir():
         sys.exit(f"earth data not found under {earth_dir} (pass --data-dir)")

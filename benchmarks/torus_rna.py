@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     hidden = args.hidden or (128 if args.quick else 256)
     layers = args.layers or (3 if args.quick else 4)
     batch = args.batch or (256 if args.quick else 512)
-    eval_steps = args.eval_steps or (20 if args.quick else 50)
+    # 100: at 32,000 training steps RK4 × 50 sat 0.046 nats below RK4 × 100 (× 200: 0.005)
+    eval_steps = args.eval_steps or (20 if args.quick else 100)
     fourier = args.fourier if args.fourier is not None else (32 if args.quick else 128)
     path = args.data_dir / "torus" / "rna.tsv"
     if not path.is_file():
