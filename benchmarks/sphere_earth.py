@@ -15,6 +15,12 @@ Recipe (chosen on the validation split of fire, seed 0, 1,500-step runs; see the
 history): 256 Fourier features with σ = 10 lowered the validation NLL from 0.06 (raw x) to
 −0.55 at 1.2× the step cost, more than a 4×512 MLP (−0.44 at 2.7× the cost) or lr 1e-3.
 
+Budget (measured, validation NLL on fire, seed 0, 4×256): 2,000 steps −0.57, 6,000 −0.78,
+18,000 −0.96, about −0.18 nats per 3× steps; at equal CPU, width 512 (2,000 steps: −0.59),
+batch 128 (6,000 steps: −0.52), Fourier σ = 20 or 30 (−0.38, −0.09), two scales 5 + 30
+(−0.54), lr 5e-3 (−0.58) and logit-normal(1, 1) times (−0.47) were no better than more steps
+of the default. benchmarks/results holds a 24,000-step run (``--steps 24000``).
+
 The catalogues repeat locations (volcano: 827 events at 267 distinct places), so test events
 often coincide with training events; a model can lower the volcano NLL without bound by putting
 point masses on the training locations. Numbers on volcano are reported with that caveat.
@@ -213,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     hidden = args.hidden or (64 if args.quick else 256)
     layers = args.layers or (3 if args.quick else 4)
     batch = args.batch or (256 if args.quick else 512)
-    # 100: at 24,000 training steps RK4 × 50 can sit 0.05 nats off RK4 × 100 (sharper fields)
+    # 100: volcano's spiky density moves 0.05–0.07 nats between RK4 × N and × 2N (50 → 100 at
+    # 6,000 training steps, 100 → 200 at 24,000); the other catalogues move < 0.002
     eval_steps = args.eval_steps or (10 if args.quick else 100)
     earth_dir = args.data_dir / "sphere" / "earth"
     if not earth_dir.is_dir():
