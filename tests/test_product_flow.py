@@ -86,6 +86,25 @@ def test_product_path_samples_each_factor():
     assert samples["label"].dx_t is None
 
 
+def test_product_path_draws_discrete_factors_from_the_generator():
+    geometry, path = make_space()
+    x0 = geometry.sample_base(4096, generator=torch.Generator().manual_seed(0))
+    x1 = {"pos": torch.randn(4096, 2), "label": torch.randint(0, K, (4096,))}
+    t = torch.full((4096,), 0.5)
+
+    def draw(seed, global_seed):
+        torch.manual_seed(global_seed)  # must not matter: every draw comes from the generator
+        return path.sample(x0, x1, t, generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = draw(1, 0), draw(1, 99), draw(2, 0)
+    assert torch.equal(a["label"].x_t, b["label"].x_t)
+    assert torch.equal(a["pos"].x_t, c["pos"].x_t)  # the continuous path is deterministic
+    assert not torch.equal(a["label"].x_t, c["label"].x_t)
+    # κ_0.5 = 0.5 of the CondOT mixture path: about half the labels have jumped to the data
+    kept = (a["label"].x_t == x1["label"]).float().mean()
+    assert abs(float(kept) - 0.5) < 0.05
+
+
 def test_product_path_takes_time_per_factor():
     path = ProductPath(lattice=AffinePath(CondOTScheduler()), coords=AffinePath(CondOTScheduler()))
     t_crystal = torch.tensor([0.2, 0.7])

@@ -8,8 +8,10 @@ batch shapes (one lattice per crystal, one coordinate row per atom); give ``t`` 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 
+import torch
 from torch import Tensor
 
 from flowmatch.paths.base import PathSample, ProbPath
@@ -30,6 +32,9 @@ class ProductPath:
             if not hasattr(path, "sample"):
                 raise TypeError(f"path for factor {name!r} has no sample(x0, x1, t) method")
         self.paths: dict[str, ProbPath] = merged
+        # factors whose sampling draws random numbers (discrete paths) take a generator
+        self._random = {name for name, path in merged.items()
+                        if "generator" in inspect.signature(path.sample).parameters}
 
     def _times(self, t: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
         if isinstance(t, Mapping):
@@ -52,12 +57,22 @@ class ProductPath:
         x0: Mapping[str, Tensor],
         x1: Mapping[str, Tensor],
         t: Tensor | Mapping[str, Tensor],
+        *,
+        generator: torch.Generator | None = None,
     ) -> dict[str, PathSample]:
-        """Sample every factor's conditional path; ``t`` is one [B] tensor or one per factor."""
+        """Sample every factor's conditional path; ``t`` is one [B] tensor or one per factor.
+
+        ``generator`` drives the draws of the factors whose paths are random given (x0, x1, t)
+        — the discrete ones (which tokens have jumped); continuous paths are deterministic.
+        Factors are sampled in the order of ``paths``, so a seeded generator reproduces the
+        whole sample.
+        """
         self._check("x0", x0)
         self._check("x1", x1)
         times = self._times(t)
-        return {k: p.sample(x0[k], x1[k], times[k]) for k, p in self.paths.items()}
+        return {k: (p.sample(x0[k], x1[k], times[k], generator=generator) if k in self._random
+                    else p.sample(x0[k], x1[k], times[k]))
+                for k, p in self.paths.items()}
 
     def __getitem__(self, name: str) -> ProbPath:
         return self.paths[name]
