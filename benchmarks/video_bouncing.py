@@ -68,7 +68,6 @@ from flowmatch.plugins.video import (  # noqa: E402
     VideoSampler,
     bouncing_shapes,
     flow_sigmas,
-    occupancy,
     physics,
     trajectory_accel,
     video_path_sample,
@@ -78,7 +77,7 @@ from flowmatch.plugins.video.metrics import (  # noqa: E402
     centroid_accel_per_clip,
 )
 from flowmatch.plugins.video.model import VideoVelocityNet  # noqa: E402
-from flowmatch.plugins.video.plugin import save_strip  # noqa: E402
+from flowmatch.plugins.video.plugin import save_gif, save_strip  # noqa: E402
 from flowmatch.plugins.video.training import (  # noqa: E402
     CHECKPOINT_FORMAT,
     load_bouncing_checkpoint,
@@ -406,14 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         save_strip(strips[("euler", max(cfg["nfes"]))][:n_show],
                    str(out_dir / "video_bouncing_samples_euler.png"))
     try:
-        from PIL import Image
-
-        occ = (occupancy(best) * 255).byte().numpy()  # [B, T, H, W]
-        frames = [Image.fromarray(np.concatenate(list(occ[:, k]), axis=1)).resize(
-            (occ.shape[3] * n_show * 4, occ.shape[2] * 4), Image.NEAREST)
-            for k in range(occ.shape[1])]
-        frames[0].save(out_dir / "video_bouncing_samples.gif", save_all=True,
-                       append_images=frames[1:], duration=150, loop=0)
+        save_gif(best, str(out_dir / "video_bouncing_samples.gif"))
     except ImportError:
         print("Pillow missing: no GIF written", file=sys.stderr)
 

@@ -23,7 +23,7 @@ from flowmatch.plugins.video.training import (
 )
 
 TINY = ["--width", "16", "--depth", "1", "--frames", "4", "--size", "8"]
-ROW = re.compile(r"^(samples|data)" + r"\s+([-\d.]+|nan)" * 5 + r"\s*$", re.M)
+ROW = re.compile(r"^(samples|data)" + r"\s+([-\d.]+|nan)" * 7 + r"\s*$", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +82,11 @@ def test_sample_writes_png_and_gif_and_prints_physics_next_to_data(trained, tmp_
     assert "heun, 2 steps (3 network calls)" in out  # Heun's last step is Euler
     rows = _table(out)
     assert set(rows) == {"samples", "data"}, out
-    mass_err, one, accel, speed, mass = rows["data"]
-    assert mass_err < 0.01 and one == 1.0 and mass > 0
-    s_mass_err, s_one, s_accel, s_speed, s_mass = rows["samples"]
-    assert 0 <= s_one <= 1 and min(s_mass_err, s_accel, s_speed, s_mass) >= 0
+    mass_err, one, accel, median, steady, speed, mass = rows["data"]
+    assert mass_err < 0.01 and one == 1.0 and mass > 0 and 0 <= median <= accel
+    s_mass_err, s_one, s_accel, s_median, s_steady, s_speed, s_mass = rows["samples"]
+    assert 0 <= s_one <= 1 and 0 <= s_steady <= 1 and 0 <= steady <= 1
+    assert min(s_mass_err, s_accel, s_median, s_speed, s_mass) >= 0
     assert re.search(r"true \|accel\| from their positions \d+\.\d{3}", out)
 
 

@@ -257,7 +257,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     from flowmatch.plugins.video.conditioning import first_frame_mask
     from flowmatch.plugins.video.data import bouncing_shapes
-    from flowmatch.plugins.video.metrics import physics, trajectory_accel
+    from flowmatch.plugins.video.metrics import STEADY_ACCEL, physics, trajectory_accel
     from flowmatch.plugins.video.samplers import VideoSampler
     from flowmatch.plugins.video.timesteps import flow_time_grid
     from flowmatch.plugins.video.training import load_bouncing_checkpoint
@@ -312,12 +312,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
           f"{args.shift:g}: {args.num} clips of {frames} frames, {size}×{size} px")
     if note is not None:
         print(note)
-    print(f"{'':<9}{'mass err':>10}{'1 object':>10}{'|accel|':>10}{'speed':>10}{'mass':>10}")
+    print(f"{'':<9}{'mass err':>10}{'1 object':>10}{'|accel|':>10}{'median':>8}{'steady':>8}"
+          f"{'speed':>8}{'mass':>8}")
     for name, ph in (("samples", ph_s), ("data", ph_d)):
         print(f"{name:<9}{ph['mass_error']:>10.4f}{ph['one_object_frames']:>10.3f}"
-              f"{ph['centroid_accel']:>10.3f}{ph['centroid_speed']:>10.3f}"
-              f"{ph['mean_mass']:>10.2f}")
-    print(f"(centroid |accel| in px/frame², speed in px/frame, mass in px; data: {args.num} "
+              f"{ph['centroid_accel']:>10.3f}{ph['centroid_accel_median']:>8.3f}"
+              f"{ph['steady_fraction']:>8.3f}{ph['centroid_speed']:>8.3f}"
+              f"{ph['mean_mass']:>8.2f}")
+    print(f"(centroid |accel| mean and median in px/frame², steady: fraction of frame triplets "
+          f"with |accel| < {STEADY_ACCEL}; speed in px/frame, mass in px; data: {args.num} "
           f"real clips, true |accel| from their positions {true_acc:.3f})")
     print("wrote " + args.out + (f" and {args.gif}" if args.gif is not None else ""))
     return 0
