@@ -76,12 +76,14 @@ from flowmatch.plugins.video.metrics import (  # noqa: E402
     STEADY_ACCEL,
     centroid_accel_per_clip,
 )
-from flowmatch.plugins.video.model import VideoVelocityNet  # noqa: E402
 from flowmatch.plugins.video.plugin import save_gif, save_strip  # noqa: E402
 from flowmatch.plugins.video.training import (  # noqa: E402
     CHECKPOINT_FORMAT,
+    bouncing_radius,
+    build_net,
     load_bouncing_checkpoint,
     net_config,
+    recipe_attention_blocks,
     save_bouncing_checkpoint,
     train_bouncing,
 )
@@ -166,10 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-seconds", type=float, default=None,
                     help="optional: train for this wall-clock budget instead of a step count")
     ap.add_argument("--save-model", type=str, default=None,
-                    help="optional: save the EMA network's state_dict here")
+                    help="optional: save the EMA network here (the checkpoint `flowmatch video "
+                         "sample` reads)")
     ap.add_argument("--load-model", type=str, default=None,
-                    help="optional: evaluate this saved EMA state_dict (same architecture flags) "
-                         "instead of training")
+                    help="optional: evaluate this saved EMA network (a --save-model checkpoint "
+                         "or a bare state_dict, built by the same architecture flags) instead "
+                         "of training")
     ap.add_argument("--seed", type=int, default=0)
     # recipe knobs (defaults are the tuned recipe; see the module docstring)
     ap.add_argument("--t-loc", type=float, default=0.0,
@@ -182,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated dilation of each block's temporal convolution")
     ap.add_argument("--attention", type=str, default="temporal",
                     choices=["none", "temporal", "global"])
-    ap.add_argument("--attention-blocks", type=str, default="1,3",
-                    help="comma-separated block indices followed by attention (default all)")
+    ap.add_argument("--attention-blocks", type=str, default=None,
+                    help="comma-separated block indices followed by attention (default the "
+                         "odd ones: 1,3 at depth 4)")
     ap.add_argument("--width", type=int, default=48)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -209,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                width=args.width, depth=args.depth, patch=2, dilations=[1, 2, 1, 2],
                temporal_dilations=[int(d) for d in args.temporal_dilations.split(",")],
                attention=args.attention,
-               attention_blocks=(None if args.attention_blocks is None
-                                 else [int(i) for i in args.attention_blocks.split(",")]),
+               attention_blocks=(
+                   None if args.attention == "none"
+                   else recipe_attention_blocks(args.depth) if args.attention_blocks is None
+                   else [int(i) for i in args.attention_blocks.split(",")]),
                shift=args.shift, t_method=args.t_method, t_loc=args.t_loc,
                t_scale=args.t_scale,
                train_steps_requested=None if budget else train_steps,
@@ -235,12 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         have_diffusers = False
 
-    net = VideoVelocityNet(
-        channels=1, width=cfg["width"], depth=cfg["depth"], patch=cfg["patch"],
-        dilations=tuple(cfg["dilations"]), temporal_dilations=tuple(cfg["temporal_dilations"]),
-        attention=cfg["attention"],
-        attention_blocks=(None if cfg["attention_blocks"] is None
-                          else tuple(cfg["attention_blocks"])))
+    arch = net_config(channels=1, width=cfg["width"], depth=cfg["depth"], patch=cfg["patch"],
+                      dilations=cfg["dilations"], temporal_dilations=cfg["temporal_dilations"],
+                      attention=cfg["attention"], attention_blocks=cfg["attention_blocks"])
+    net = build_net(arch)
     cfg["parameters"] = sum(p.numel() for p in net.parameters())
     if args.load_model:
         # weights only: nothing executable is unpickled. A `flowmatch video train` checkpoint
@@ -248,9 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         # (older --save-model files) is loaded into the flags' network.
         state = torch.load(args.load_model, map_location="cpu", weights_only=True)
         if state.get("format") == CHECKPOINT_FORMAT:
-            loaded, _ = load_bouncing_checkpoint(args.load_model)
-            if repr(loaded) != repr(net):
-                sys.exit(f"{args.load_model} holds another architecture than the flags build")
+            loaded, saved = load_bouncing_checkpoint(args.load_model)
+            if saved["net"] != arch:
+                sys.exit(f"{args.load_model} holds the network {saved['net']}, but the flags "
+                         f"build {arch}")
             state = loaded.state_dict()
         net.load_state_dict(state)
         ema, steps, secs = net.requires_grad_(False), 0, 0.0
@@ -262,12 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ema.eval()
     if args.save_model:
         # the format `flowmatch video sample --model` reads
-        arch = net_config(channels=1, width=cfg["width"], depth=cfg["depth"], patch=cfg["patch"],
-                          dilations=cfg["dilations"],
-                          temporal_dilations=cfg["temporal_dilations"],
-                          attention=cfg["attention"], attention_blocks=cfg["attention_blocks"])
         data = dict(frames=cfg["frames"], size=cfg["size"], objects=cfg["objects"],
-                    radius=[2.0, 3.0])
+                    radius=list(bouncing_radius(cfg["size"])))
         recipe = {k: cfg[k] for k in ("batch", "lr", "ema", "t_method", "t_loc", "t_scale",
                                       "seed", "train_steps")}
         save_bouncing_checkpoint(args.save_model, ema, dict(net=arch, data=data, train=recipe))

@@ -199,6 +199,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         bouncing_radius,
         build_net,
         net_config,
+        recipe_attention_blocks,
         save_bouncing_checkpoint,
         train_bouncing,
     )
@@ -215,8 +216,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         blocks = args.attention_blocks
         if blocks is None and args.attention != "none":
-            # the benchmark's measured recipe: attention after blocks 1 and 3 of 4
-            blocks = list(range(1, args.depth, 2)) or [0]
+            blocks = recipe_attention_blocks(args.depth)
         arch = net_config(channels=1, width=args.width, depth=args.depth, patch=2,
                           dilations=[1, 2, 1, 2], temporal_dilations=args.temporal_dilations,
                           attention=args.attention, attention_blocks=blocks)

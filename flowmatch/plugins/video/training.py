@@ -35,8 +35,8 @@ from flowmatch.plugins.video.model import VideoVelocityNet
 from flowmatch.plugins.video.timesteps import sample_training_t
 
 __all__ = ["CHECKPOINT_FORMAT", "BouncingTrainResult", "bouncing_radius", "build_net",
-           "load_bouncing_checkpoint", "net_config", "save_bouncing_checkpoint",
-           "train_bouncing"]
+           "load_bouncing_checkpoint", "net_config", "recipe_attention_blocks",
+           "save_bouncing_checkpoint", "train_bouncing"]
 
 CHECKPOINT_FORMAT = "flowmatch.video.bouncing/1"
 WARMUP_STEPS = 50
@@ -64,6 +64,15 @@ def bouncing_radius(size: int) -> tuple[float, float]:
     every size ≥ 8.
     """
     return (size / 8, 3 * size / 16)
+
+
+def recipe_attention_blocks(depth: int) -> list[int]:
+    """Blocks followed by attention in the measured recipe: the odd ones (1, 3 at depth 4).
+
+    At depth 1 there is no odd block, so block 0. benchmarks/video_bouncing.py and
+    ``flowmatch video train`` both use this default.
+    """
+    return list(range(1, depth, 2)) or [0]
 
 
 def train_bouncing(
