@@ -94,6 +94,28 @@ class Geometry:
         """Log density of the base distribution w.r.t. the Riemannian volume, shape [...]."""
         raise NotImplementedError(f"{type(self).__name__} does not define a base distribution")
 
+    def weighted_logmap(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        """Σ_j w_ij log_{x_i}(y_j) for x [B, *point_shape], y [M, *point_shape], w [B, M].
+
+        A weighted sum of logarithms at each x_i (a tangent vector at x_i, [B, *point_shape]);
+        the default forms the [B, M, *point_shape] table of logarithms, geometries may do it
+        without.
+        """
+        logs = self.logmap(x.unsqueeze(1), y.unsqueeze(0))
+        return torch.einsum("bm,bmd->bd", w.to(logs.dtype), logs.flatten(2)).reshape(x.shape)
+
+    def contracted_base_log_prob(self, x: Tensor, y: Tensor, s: Tensor) -> Tensor:
+        """log density at x of Z = exp_y(s · log_y X0), X0 ~ base, for 0 < s ≤ 1; shape [...].
+
+        This is the conditional marginal p_t(x | x1 = y) of the geodesic path at κ̄_t = s, which
+        :func:`flowmatch.paths.marginal.marginal_velocity` weights reference points with. ``x``
+        and ``y`` ([..., *point_shape]) and ``s`` ([...]) broadcast together; −inf off the
+        support. Defined where it has a closed form (Sphere, FlatTorus, Euclidean).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form density for its geodesically contracted "
+            "base distribution (defined for Sphere, FlatTorus and Euclidean)")
+
     # -- validation --------------------------------------------------------------------
     def tolerance(self, dtype: torch.dtype) -> float:
         if dtype in (torch.float16, torch.bfloat16):

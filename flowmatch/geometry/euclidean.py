@@ -62,6 +62,14 @@ class Euclidean(Geometry):
     def base_log_prob(self, x: Tensor) -> Tensor:
         return gaussian_log_prob(x, len(self.point_shape), self.base_scale)
 
+    def contracted_base_log_prob(self, x: Tensor, y: Tensor, s: Tensor) -> Tensor:
+        """log N(x; (1 − s) y, (s b)² I) — the law of y + s (X0 − y), X0 ~ N(0, b² I)."""
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device)
+        k = len(self.point_shape)
+        s_pt = s.reshape(*s.shape, *([1] * k))
+        z = (x - (1 - s_pt) * y) / s_pt
+        return gaussian_log_prob(z, k, self.base_scale) - self.dim * torch.log(s)
+
     def __repr__(self) -> str:
         shape = self.point_shape[0] if len(self.point_shape) == 1 else self.point_shape
         extra = "" if self.base_scale == 1.0 else f", base_scale={self.base_scale:g}"

@@ -152,6 +152,56 @@ class Sphere(Geometry):
     def base_log_prob(self, x: Tensor) -> Tensor:
         return torch.full(x.shape[:-1], -self.log_volume, dtype=x.dtype, device=x.device)
 
+    def weighted_logmap(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        """Σ_j w_ij log_{x_i}(y_j) by two matrix products, without the [B, M, n] table.
+
+        log_x(y) = (θ/sin θ)(y − cos θ x) with cos θ = 1 − |y − x|²/2, so the sum is
+        a y − (Σ_j a_ij cos θ_ij) x with a = w θ/sin θ. The chord |y − x| is taken from the
+        differences (``cdist`` without the matrix-product shortcut), so close points keep
+        their digits; the rounding left is absolute, O(ε Σ_j |a_ij|), which proju's projection
+        leaves tangent. At the antipode (θ → π, where the logarithm has no unique direction)
+        θ/sin θ is capped, so those pairs contribute less than length π.
+        """
+        if x.dim() != 2 or y.dim() != 2 or w.shape != (x.shape[0], y.shape[0]):
+            return super().weighted_logmap(x, y, w)
+        chord = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").clamp(max=2.0)
+        theta = 2 * torch.asin(chord / 2)
+        sin_theta = chord * torch.sqrt((1 - chord * chord / 4).clamp_min(0))
+        tiny = torch.finfo(x.dtype).eps
+        ratio = torch.where(chord < tiny, 1.0, theta / sin_theta.clamp_min(tiny))
+        a = w.to(x.dtype) * ratio
+        cos_theta = 1 - chord * chord / 2
+        u = a @ y - (a * cos_theta).sum(1, keepdim=True) * x
+        return self.proju(x, u)
+
+    def contracted_base_log_prob(self, x: Tensor, y: Tensor, s: Tensor) -> Tensor:
+        """log p(x) of exp_y(s log_y X0), X0 uniform: sin^{m−1}(r/s) / (vol · s · sin^{m−1} r).
+
+        r = dist(x, y) < sπ (else −inf), m = n − 1. In geodesic polar coordinates about y the
+        uniform law has radial density ∝ sin^{m−1} ρ on [0, π]; the contraction ρ ↦ sρ keeps
+        the direction, and dividing by the volume element sin^{m−1} r gives the formula. At r = 0
+        it is the limit s^{−m}/vol; at s = 1 it is the uniform density.
+        """
+        # the chord |x − y| from the difference is accurate for close points, where the
+        # support boundary r < sπ is decided when s is small
+        if x.dim() == 3 and y.dim() == 3 and x.shape[1] == 1 and y.shape[0] == 1:
+            # the [B, M] table of pairs: cdist forms it without the [B, M, n] differences
+            chord = torch.cdist(x[:, 0], y[0], compute_mode="donot_use_mm_for_euclid_dist")
+        else:
+            chord = torch.linalg.vector_norm(x - y, dim=-1)
+        r = 2 * torch.asin((chord / 2).clamp(max=1.0))
+        s = torch.as_tensor(s, dtype=r.dtype, device=r.device)
+        rho = r / s
+        inside = (rho < math.pi) | (s >= 1)
+        log_p = -self.log_volume - torch.log(s)
+        if self.dim > 1:
+            # sin ρ / sin r → 1/s as r → 0: a floor on r keeps that limit (sin is exact there)
+            # where both would be 0; torch.sinc would do it at 7× the cost of sin on CPU
+            r = r.clamp_min(1e-20)
+            log_p = log_p + (self.dim - 1) * (torch.log(torch.sin(torch.where(inside, r / s, 1.0)))
+                                              - torch.log(torch.sin(r)))
+        return torch.where(inside, log_p, -math.inf)
+
     # -- validation --------------------------------------------------------------------
     def point_error(self, x: Tensor) -> Tensor:
         return (torch.linalg.vector_norm(x, dim=-1) - 1).abs()

@@ -87,6 +87,21 @@ class FlatTorus(Geometry):
         return torch.full(x.shape[:-1], -self.d * math.log(self.period), dtype=x.dtype,
                           device=x.device)
 
+    def contracted_base_log_prob(self, x: Tensor, y: Tensor, s: Tensor) -> Tensor:
+        """log p(x) of exp_y(s log_y X0), X0 uniform: −d log(s p) on the box |log_y x|∞ < s p/2.
+
+        log_y X0 is uniform on the cube [−p/2, p/2)^d, so the contracted point is uniform on
+        the cube of side s p about y (−inf outside).
+        """
+        delta = self.logmap(y, x)
+        s = torch.as_tensor(s, dtype=delta.dtype, device=delta.device)
+        half = s.unsqueeze(-1) * (self.period / 2)
+        inside = (delta.abs() < half).all(-1)
+        inside = inside | (s >= 1)
+        log_p = -self.d * torch.log(s * self.period)
+        log_p, inside = torch.broadcast_tensors(log_p, inside)
+        return torch.where(inside, log_p, -math.inf)
+
     # -- validation --------------------------------------------------------------------
     def point_error(self, x: Tensor) -> Tensor:
         """How far the coordinates stray outside [0, p] (0 inside), max over coordinates."""

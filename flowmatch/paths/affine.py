@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
 from flowmatch._validation import check_finite, check_same_shape, check_time, expand_time_like
@@ -72,6 +75,34 @@ class AffinePath(ProbPath):
         """∇ log p_t(x_t) = −x̂0 / σ_t for a N(0, I) source."""
         _, s, _, _ = self._coeffs(t, x_t)
         return -x0 / s
+
+    # -- conditional density and velocity given x1 (for marginal targets) ------------------
+    def _pair_coeffs(self, x_t: Tensor, t: Tensor):
+        # t carries the batch dimensions of the pair table; the rest of x_t is the point
+        k = x_t.dim() - t.dim()
+        if k < 0:
+            raise ValueError(f"t (shape {tuple(t.shape)}) has more dimensions than x_t "
+                             f"(shape {tuple(x_t.shape)})")
+        out = self.scheduler(t.to(x_t.dtype).reshape(*t.shape, *([1] * k)))
+        return k, out.alpha_t, out.sigma_t, out.d_alpha_t, out.d_sigma_t
+
+    def conditional_log_prob(self, x_t: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """log p_t(x_t | x1) = log N(x_t; α_t x1, σ_t² I) for a N(0, I) source, shape [...].
+
+        ``x_t`` and ``x1`` ([..., *point_shape]) and ``t`` ([...]) broadcast together; the
+        trailing ``x_t.dim() − t.dim()`` dimensions are the point.
+        """
+        k, a, s, _, _ = self._pair_coeffs(x_t, t)
+        z = (x_t - a * x1) / s
+        sq = z.pow(2).flatten(z.dim() - k).sum(-1) if k else z.pow(2)
+        d = math.prod(z.shape[z.dim() - k:]) if k else 1
+        log_sigma = torch.log(s.reshape(s.shape[: s.dim() - k]) if k else s)
+        return -0.5 * sq - d * (log_sigma + 0.5 * math.log(2 * math.pi))
+
+    def conditional_velocity(self, x_t: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """u_t(x_t | x1) = (σ̇/σ) x_t + (α̇ − σ̇ α/σ) x1, broadcast as in conditional_log_prob."""
+        _, a, s, da, ds = self._pair_coeffs(x_t, t)
+        return (ds / s) * x_t + (da - ds * a / s) * x1
 
     def __repr__(self) -> str:
         return f"AffinePath({self.scheduler!r})"

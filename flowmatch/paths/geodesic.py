@@ -106,5 +106,36 @@ class GeodesicPath(ProbPath):
         dx_t = g.proju(x_t, ds_dt * dgamma)  # removes rounding-level normal components only
         return PathSample(x0=x0, x1=x1, t=t, x_t=x_t, dx_t=dx_t)
 
+    # -- conditional density and velocity given x1 (for marginal targets) ------------------
+    def conditional_log_prob(self, x_t: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """log p_t(x_t | x1) with the geometry's base distribution as the source, shape [...].
+
+        ``x_t`` and ``x1`` ([..., *point_shape]) and ``t`` ([...]) broadcast together, so
+        ``x_t[:, None]``, ``x1[None]`` and ``t[:, None]`` give the [B, M] table of every pair.
+        The law of x_t given x1 is the base contracted towards x1 by κ̄_t = 1 − κ_t
+        (:meth:`~flowmatch.geometry.base.Geometry.contracted_base_log_prob`).
+        """
+        s = 1 - self.scheduler.kappa(t.to(x_t.dtype))
+        return self.geometry.contracted_base_log_prob(x_t, x1, s)
+
+    def conditional_velocity(self, x_t: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """u_t(x_t | x1) = (κ̇_t / κ̄_t) log_{x_t}(x1), the conditional field at any x_t.
+
+        Shapes as in :meth:`conditional_log_prob`; the result has the broadcast point shape.
+        """
+        t = t.to(x_t.dtype)
+        k = len(self.geometry.point_shape)
+        tt = t.reshape(*t.shape, *([1] * k))
+        rate = self.scheduler.d_kappa(tt) / (1 - self.scheduler.kappa(tt))
+        return rate * self.geometry.logmap(x_t, x1)
+
+    def weighted_conditional_velocity(self, x_t: Tensor, t: Tensor, x1: Tensor,
+                                      w: Tensor) -> Tensor:
+        """Σ_j w_ij u_t(x_t,i | x1_j) for x_t [B, *], t [B], x1 [M, *], w [B, M]."""
+        t = t.to(x_t.dtype)
+        tt = t.reshape(-1, *([1] * (x_t.dim() - 1)))
+        rate = self.scheduler.d_kappa(tt) / (1 - self.scheduler.kappa(tt))
+        return rate * self.geometry.weighted_logmap(x_t, x1, w)
+
     def __repr__(self) -> str:
         return f"GeodesicPath({self.geometry!r}, {self.scheduler!r}, velocity={self.velocity!r})"

@@ -17,6 +17,7 @@ from flowmatch._validation import check_finite, no_validation
 from flowmatch.geometry.base import Geometry
 from flowmatch.models.guidance import drop_condition
 from flowmatch.paths.base import ProbPath
+from flowmatch.paths.marginal import marginal_velocity, supports_marginal_velocity
 from flowmatch.training.checkpoint import load_checkpoint, save_checkpoint
 from flowmatch.training.ema import EMA
 from flowmatch.training.loss import cfm_loss
@@ -27,7 +28,7 @@ _FORMAT = "flowmatch.fit/1"
 # training settings a resumed run must share with the checkpoint, or the continuation would not
 # be the run the user asked for
 _RESUME_KEYS = ("steps", "batch_size", "lr", "weight_decay", "ema_decay", "ema_warmup",
-                "lr_schedule", "warmup_steps", "seed", "cond_dropout")
+                "lr_schedule", "warmup_steps", "seed", "cond_dropout", "marginal_target")
 
 
 @dataclass
@@ -59,6 +60,38 @@ def lr_at(step: int, *, lr: float, steps: int, schedule: str, warmup_steps: int)
     return lr * (1.0 - progress)
 
 
+def _check_marginal_target(marginal_target: Any, path: ProbPath, geometry: Geometry | None,
+                           coupling: Any) -> None:
+    if torch.is_tensor(marginal_target):
+        if marginal_target.dim() < 1 or marginal_target.shape[0] == 0:
+            raise ValueError("marginal_target as a Tensor must hold reference points "
+                             f"[M, *point_shape], got shape {tuple(marginal_target.shape)}")
+        check_finite("marginal_target", marginal_target)
+        if geometry is not None:
+            geometry.check_point(marginal_target, "marginal_target")
+    elif not isinstance(marginal_target, int) or isinstance(marginal_target, bool) \
+            or marginal_target < 0:
+        raise ValueError("marginal_target must be None, an int ≥ 0 (extra reference draws) or a "
+                         f"Tensor of reference points, got {marginal_target!r}")
+    if not supports_marginal_velocity(path):
+        raise ValueError(f"marginal_target needs a path with a closed-form conditional density; "
+                         f"{type(path).__name__} has none")
+    if coupling is not None:
+        raise ValueError("marginal_target assumes independent coupling (the conditional "
+                         "density of x_t given x1 is the contracted source); drop coupling")
+    base_scale = getattr(geometry, "base_scale", 1.0)
+    if not hasattr(path, "geometry") and (geometry is not None and (
+            type(geometry).__name__ != "Euclidean" or base_scale != 1.0)):
+        raise ValueError("marginal_target with an affine path assumes the N(0, I) source; "
+                         f"fit draws the source from {geometry}")
+
+
+def _describe_marginal_target(marginal_target: Any) -> Any:
+    if torch.is_tensor(marginal_target):
+        return f"tensor{list(marginal_target.shape)}"
+    return marginal_target
+
+
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
     if torch.is_tensor(batch):
         return batch, None
@@ -87,6 +120,7 @@ def fit(
     warmup_steps: int = 0,
     coupling: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     time_sampler: Callable[..., Tensor] | None = None,
+    marginal_target: int | Tensor | None = None,
     cond_dropout: float = 0.0,
     null_cond: Tensor | int | float | None = None,
     seed: int = 0,
@@ -119,6 +153,14 @@ def fit(
             update uses min(ema_decay, (1 + k) / (10 + k)) so that short runs do not keep a
             large weight on the random initialisation (0.999^1000 ≈ 0.37 without it).
         grad_clip: clip the global gradient norm to this value (None: no clipping).
+        marginal_target: regress on a marginal velocity instead of the conditional one
+            (:func:`flowmatch.paths.marginal.marginal_velocity`): the posterior-weighted mean
+            of u_t(x_t | y) over reference points y — same minimiser, far less target
+            variance. An int n: the batch's own x1 plus n more draws of ``sample_data`` each
+            update (Xu et al. 2023's stable target field); a Tensor [M, *point_shape]: that
+            fixed set (e.g. the whole training set, for the exact empirical marginal). Needs a
+            path with ``conditional_log_prob`` (geodesic on Sphere/FlatTorus/Euclidean, or
+            affine with the N(0, I) source), unconditional data and no ``coupling``.
         cond_dropout, null_cond: for conditional data, replace cond by ``null_cond`` (default
             ``model.null_cond``) with this probability, for classifier-free guidance.
         checkpoint_path, checkpoint_every: save atomically every ``checkpoint_every`` updates
@@ -159,6 +201,8 @@ def fit(
         raise ValueError(f"lr_schedule must be one of {_SCHEDULES}, got {lr_schedule!r}")
     if not 0.0 <= cond_dropout <= 1.0:
         raise ValueError(f"cond_dropout must lie in [0, 1], got {cond_dropout!r}")
+    if marginal_target is not None:
+        _check_marginal_target(marginal_target, path, geometry, coupling)
 
     started = time.perf_counter()
     if device is not None or dtype is not None:
@@ -181,7 +225,8 @@ def fit(
               "weight_decay": float(weight_decay), "ema_decay": ema_decay,
               "ema_warmup": bool(ema_warmup),
               "lr_schedule": lr_schedule, "warmup_steps": warmup_steps, "seed": seed,
-              "cond_dropout": float(cond_dropout)}
+              "cond_dropout": float(cond_dropout),
+              "marginal_target": _describe_marginal_target(marginal_target)}
 
     losses: list[float] = []
     start = 0
@@ -240,7 +285,31 @@ def fit(
             if cond_dropout > 0:
                 cond = drop_condition(cond, cond_dropout, null_cond, generator=generator)
             kwargs["cond"] = cond
+        if marginal_target is not None and cond is not None:
+            raise ValueError("marginal_target needs unconditional data, but sample_data "
+                             "returned (x1, cond)")
         return x0, x1, t, kwargs
+
+    fixed_reference = None
+    if torch.is_tensor(marginal_target):
+        fixed_reference = marginal_target.to(device=device, dtype=dtype)
+
+    def target_of(sample) -> Tensor:
+        if marginal_target is None:
+            return sample.dx_t
+        if fixed_reference is not None:
+            reference = fixed_reference
+        elif marginal_target > 0:
+            extra, _ = _split_batch(sample_data(marginal_target, generator))
+            reference = torch.cat([sample.x1, extra.to(device=device, dtype=dtype)])
+        else:
+            reference = sample.x1
+        with torch.no_grad():
+            u, supported = marginal_velocity(path, sample.x_t, sample.t, reference)
+        # a row no reference point explains (rounding at a bounded support's edge, or a fixed
+        # set that misses the drawn x1) keeps its conditional target
+        keep = supported.reshape(-1, *([1] * (u.dim() - 1)))
+        return torch.where(keep, u, sample.dx_t)
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -275,7 +344,7 @@ def fit(
                         "velocity target (a discrete path); train it with the discrete losses"
                     )
                 prediction = model(sample.x_t, sample.t, **kwargs)
-                loss = cfm_loss(prediction, sample.dx_t, geometry, sample.x_t)
+                loss = cfm_loss(prediction, target_of(sample), geometry, sample.x_t)
             lr_now = lr_at(step, lr=lr, steps=steps, schedule=lr_schedule,
                            warmup_steps=warmup_steps)
             for group in optimizer.param_groups:
