@@ -101,3 +101,15 @@ def write_result(path: Path | None, benchmark: str, config: dict[str, Any],
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=2))
     return out
+
+
+def marginal_target_arg(text: str):
+    """argparse type of ``--marginal-target``: 'none' → None, 'all', or an int ≥ 0."""
+    if text == "none":
+        return None
+    if text == "all":
+        return "all"
+    value = int(text)
+    if value < 0:
+        raise ValueError("--marginal-target takes 'none', 'all' or an int ≥ 0")
+    return value

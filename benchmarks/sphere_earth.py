@@ -150,6 +150,8 @@ def train_flow(geometry: Geometry, train: Tensor, *, hidden: int, layers: int, s
     # an EMA horizon of ~1/10 of the run: 0.999 would still sit near the initial weights
     # after a few hundred quick-mode steps
     ema = min(0.999, 1.0 - 10.0 / steps)
+    if marginal_target == "all":
+        marginal_target = train
     result = fit(model, sample_data, GeodesicPath(geometry), geometry, steps=steps,
                  batch_size=batch, lr=lr, ema_decay=ema, lr_schedule="cosine",
                  warmup_steps=min(200, steps // 10), seed=seed, progress=False,
@@ -213,9 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--fourier-scale", type=float, default=10.0,
                     help="σ of the Fourier frequency matrix")
     ap.add_argument("--eval-steps", type=int, default=None, help="RK4 steps of the likelihood")
-    ap.add_argument("--marginal-target", type=int, default=None,
-                    help="regress on the marginal velocity of the batch plus N more reference "
-                         "draws (fit(marginal_target=N)); -1: conditional targets")
+    ap.add_argument("--marginal-target", type=_common.marginal_target_arg, default=None,
+                    help="N: regress on the marginal velocity of the batch plus N more "
+                         "reference draws (fit(marginal_target=N)); 'all': of the whole "
+                         "training split; 'none': conditional targets")
     ap.add_argument("--on-validation", action="store_true",
                     help="score the flow on the validation split instead of the test split (for "
                          "choosing a recipe; the KDE row stays a test NLL)")
@@ -230,8 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 100: volcano's spiky density moves 0.05–0.07 nats between RK4 × N and × 2N (50 → 100 at
     # 6,000 training steps, 100 → 200 at 24,000); the other catalogues move < 0.002
     eval_steps = args.eval_steps or (10 if args.quick else 100)
-    marginal = None if args.marginal_target is None or args.marginal_target < 0 \
-        else args.marginal_target
+    marginal = args.marginal_target
     earth_dir = args.data_dir / "sphere" / "earth"
     if not earth_dir.is_dir():
         sys.exit(f"earth data not found under {earth_dir} (pass --data-dir)")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from flowmatch.geometry import Euclidean, FlatTorus, Sphere
+from flowmatch.geometry.base import Geometry
 from flowmatch.geometry.hyperbolic import Hyperbolic
 from flowmatch.paths import CondOTPath, GeodesicPath, MixtureDiscretePath, OTCoupling
 from flowmatch.paths.marginal import marginal_velocity
@@ -90,19 +91,35 @@ def test_unsupported_geometry_names_itself():
 
 
 # -- weighted logarithms -----------------------------------------------------------------------
-def test_sphere_weighted_logmap_matches_the_table():
-    g = Sphere(3)
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_sphere_posterior_logmap_matches_the_generic_tables(n):
+    g = Sphere(n)
     x = g.sample_base((64,), generator=_gen(10), dtype=torch.float64)
     near = g.expmap(x[:8], 1e-4 * g.random_tangent(x[:8], generator=_gen(11)))
-    y = torch.cat([g.sample_base((40,), generator=_gen(12), dtype=torch.float64), near,
-                   -x[8:10] + 1e-3 * torch.randn(2, 3, generator=_gen(13), dtype=torch.float64)])
+    y = torch.cat([g.sample_base((40,), generator=_gen(12), dtype=torch.float64), near, x[8:9],
+                   -x[9:11] + 1e-3 * torch.randn(2, n, generator=_gen(13), dtype=torch.float64)])
     y = y / y.norm(dim=-1, keepdim=True)
-    w = torch.rand(64, y.shape[0], generator=_gen(14), dtype=torch.float64)
-    fast = g.weighted_logmap(x, y, w)
-    table = g.logmap(x.unsqueeze(1), y.unsqueeze(0))
-    slow = torch.einsum("bm,bmd->bd", w, table)
+    s = torch.rand(64, generator=_gen(14), dtype=torch.float64)
+    s[:4] = torch.tensor([1.0, 1e-3, 1e-5, 0.999])
+    fast, ok_fast = g.posterior_logmap(x, y, s)
+    slow, ok_slow = Geometry.posterior_logmap(g, x, y, s)
+    assert torch.equal(ok_fast, ok_slow)
     assert torch.allclose(fast, slow, atol=1e-9)
     assert (x * fast).sum(-1).abs().max() < 1e-12
+
+
+def test_torus_posterior_logmap_matches_the_generic_tables():
+    g = FlatTorus(3)
+    x = g.sample_base((64,), generator=_gen(23), dtype=torch.float64)
+    y = torch.cat([g.sample_base((30,), generator=_gen(24), dtype=torch.float64),
+                   g.expmap(x[:10], 0.05 * torch.randn(10, 3, generator=_gen(25),
+                                                        dtype=torch.float64))])
+    s = torch.rand(64, generator=_gen(26), dtype=torch.float64)
+    s[:3] = torch.tensor([1.0, 1e-3, 0.05])
+    fast, ok_fast = g.posterior_logmap(x, y, s)
+    slow, ok_slow = Geometry.posterior_logmap(g, x, y, s)
+    assert torch.equal(ok_fast, ok_slow) and not ok_fast.all()
+    assert torch.allclose(fast, slow, atol=1e-12)
 
 
 # -- the marginal velocity ---------------------------------------------------------------------

@@ -94,15 +94,22 @@ class Geometry:
         """Log density of the base distribution w.r.t. the Riemannian volume, shape [...]."""
         raise NotImplementedError(f"{type(self).__name__} does not define a base distribution")
 
-    def weighted_logmap(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
-        """Σ_j w_ij log_{x_i}(y_j) for x [B, *point_shape], y [M, *point_shape], w [B, M].
+    def posterior_logmap(self, x: Tensor, y: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """Σ_j w_ij log_{x_i}(y_j) with w_ij ∝ exp contracted_base_log_prob(x_i, y_j, s_i).
 
-        A weighted sum of logarithms at each x_i (a tangent vector at x_i, [B, *point_shape]);
-        the default forms the [B, M, *point_shape] table of logarithms, geometries may do it
-        without.
+        x [B, *point_shape], y [M, *point_shape], s [B] → (a tangent vector at each x_i,
+        [B, *point_shape]; ``supported`` [B], False where no y_j's support holds x_i, and the
+        sum is 0 there). The mean logarithm under the posterior over the reference points y_j
+        of the geodesic path at κ̄ = s; the marginal velocity is it times κ̇/κ̄. This default
+        forms the [B, M] table of densities and the [B, M, *point_shape] table of logarithms.
         """
+        log_w = self.contracted_base_log_prob(x.unsqueeze(1), y.unsqueeze(0), s.unsqueeze(1))
+        supported = torch.isfinite(log_w).any(1)
+        w = torch.softmax(torch.where(supported[:, None], log_w, 0.0), dim=1)
+        w = torch.where(supported[:, None], w, 0.0)
         logs = self.logmap(x.unsqueeze(1), y.unsqueeze(0))
-        return torch.einsum("bm,bmd->bd", w.to(logs.dtype), logs.flatten(2)).reshape(x.shape)
+        mean = torch.einsum("bm,bmd->bd", w.to(logs.dtype), logs.flatten(2)).reshape(x.shape)
+        return mean, supported
 
     def contracted_base_log_prob(self, x: Tensor, y: Tensor, s: Tensor) -> Tensor:
         """log density at x of Z = exp_y(s · log_y X0), X0 ~ base, for 0 < s ≤ 1; shape [...].

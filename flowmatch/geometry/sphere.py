@@ -152,27 +152,47 @@ class Sphere(Geometry):
     def base_log_prob(self, x: Tensor) -> Tensor:
         return torch.full(x.shape[:-1], -self.log_volume, dtype=x.dtype, device=x.device)
 
-    def weighted_logmap(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
-        """Σ_j w_ij log_{x_i}(y_j) by two matrix products, without the [B, M, n] table.
+    def posterior_logmap(self, x: Tensor, y: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """The posterior-mean logarithm (see Geometry) in one pass over the [B, M] table.
 
-        log_x(y) = (θ/sin θ)(y − cos θ x) with cos θ = 1 − |y − x|²/2, so the sum is
-        a y − (Σ_j a_ij cos θ_ij) x with a = w θ/sin θ. The chord |y − x| is taken from the
-        differences (``cdist`` without the matrix-product shortcut), so close points keep
-        their digits; the rounding left is absolute, O(ε Σ_j |a_ij|), which proju's projection
-        leaves tangent. At the antipode (θ → π, where the logarithm has no unique direction)
-        θ/sin θ is capped, so those pairs contribute less than length π.
+        With the chord c = |x − y| (from the differences, so close pairs keep their digits),
+        r = 2 asin(c/2), sin r = c √(1 − c²/4) and cos r = 1 − c²/2:
+        w ∝ (sin(r/s) / sin r)^{m−1} on r < sπ, and log_x(y) = (r / sin r)(y − cos r x), so the
+        sum is a y − (Σ_j a_j cos r_j) x with a = w r / sin r — two matrix products, no
+        [B, M, n] table. The rounding left is absolute, O(ε), and proju keeps the result
+        tangent. At the antipode (r → π, only inside the support when s ≈ 1) r / sin r is
+        capped, so those pairs contribute less than length π.
         """
-        if x.dim() != 2 or y.dim() != 2 or w.shape != (x.shape[0], y.shape[0]):
-            return super().weighted_logmap(x, y, w)
-        chord = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist").clamp(max=2.0)
-        theta = 2 * torch.asin(chord / 2)
-        sin_theta = chord * torch.sqrt((1 - chord * chord / 4).clamp_min(0))
-        tiny = torch.finfo(x.dtype).eps
-        ratio = torch.where(chord < tiny, 1.0, theta / sin_theta.clamp_min(tiny))
-        a = w.to(x.dtype) * ratio
-        cos_theta = 1 - chord * chord / 2
-        u = a @ y - (a * cos_theta).sum(1, keepdim=True) * x
-        return self.proju(x, u)
+        if x.dim() != 2 or y.dim() != 2 or s.shape != x.shape[:1]:
+            return super().posterior_logmap(x, y, s)
+        tiny = torch.finfo(x.dtype).tiny
+        chord = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
+        chord = chord.clamp(min=tiny ** 0.5, max=2.0)
+        r = 2 * torch.asin(chord / 2)
+        cos_r = 1 - chord * chord / 2
+        sin_r = chord * torch.sqrt((cos_r + 1) / 2)
+        # capped near the antipode only; near r = 0 the chord's floor keeps sin r > 0
+        sin_r = torch.where(r > 1, sin_r.clamp_min(torch.finfo(x.dtype).eps), sin_r)
+        s = s.to(x.dtype).unsqueeze(1)
+        rho = r / s
+        inside = (rho < math.pi) | (s >= 1)
+        m = self.dim
+        if m == 1:
+            weight = inside.to(x.dtype)
+        elif m == 2:
+            # the ratio is at most 1/s: no overflow, so no logarithms
+            weight = torch.where(inside, torch.sin(rho) / sin_r, 0.0)
+        else:
+            log_w = (m - 1) * torch.log(torch.sin(torch.where(inside, rho, 1.0)) / sin_r)
+            log_w = torch.where(inside, log_w, -math.inf)
+            weight = torch.exp(log_w - log_w.amax(1, keepdim=True).clamp_min(-1e30))
+            weight = torch.where(inside, weight, 0.0)
+        total = weight.sum(1, keepdim=True)
+        supported = total[:, 0] > 0
+        a = weight * (r / sin_r)
+        u = (a @ y - (a * cos_r).sum(1, keepdim=True) * x) / total.clamp_min(tiny)
+        u = torch.where(supported[:, None], u, 0.0)
+        return self.proju(x, u), supported
 
     def contracted_base_log_prob(self, x: Tensor, y: Tensor, s: Tensor) -> Tensor:
         """log p(x) of exp_y(s log_y X0), X0 uniform: sin^{m−1}(r/s) / (vol · s · sin^{m−1} r).

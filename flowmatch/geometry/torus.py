@@ -87,6 +87,21 @@ class FlatTorus(Geometry):
         return torch.full(x.shape[:-1], -self.d * math.log(self.period), dtype=x.dtype,
                           device=x.device)
 
+    def posterior_logmap(self, x: Tensor, y: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """The posterior-mean logarithm (see Geometry) with one [B, M, d] table of logarithms.
+
+        The contracted densities are equal on their boxes, so the posterior is uniform over the
+        y_j whose box |log_{y_j} x|∞ < s p/2 holds x: the mean of those log_x(y_j) = −log_{y_j} x.
+        """
+        if x.dim() != 2 or y.dim() != 2 or s.shape != x.shape[:1]:
+            return super().posterior_logmap(x, y, s)
+        logs = self.logmap(x.unsqueeze(1), y.unsqueeze(0))        # [B, M, d]
+        half = (s.to(x.dtype) * (self.period / 2)).reshape(-1, 1, 1)
+        inside = (logs.abs() < half).all(-1) | (s >= 1).unsqueeze(1)
+        count = inside.sum(1, keepdim=True)
+        w = inside.to(x.dtype) / count.clamp_min(1).to(x.dtype)
+        return torch.einsum("bm,bmd->bd", w, logs), count[:, 0] > 0
+
     def contracted_base_log_prob(self, x: Tensor, y: Tensor, s: Tensor) -> Tensor:
         """log p(x) of exp_y(s log_y X0), X0 uniform: −d log(s p) on the box |log_y x|∞ < s p/2.
 

@@ -129,13 +129,18 @@ class GeodesicPath(ProbPath):
         rate = self.scheduler.d_kappa(tt) / (1 - self.scheduler.kappa(tt))
         return rate * self.geometry.logmap(x_t, x1)
 
-    def weighted_conditional_velocity(self, x_t: Tensor, t: Tensor, x1: Tensor,
-                                      w: Tensor) -> Tensor:
-        """Σ_j w_ij u_t(x_t,i | x1_j) for x_t [B, *], t [B], x1 [M, *], w [B, M]."""
+    def posterior_velocity(self, x_t: Tensor, t: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
+        """(Σ_j w_ij u_t(x_t,i | x1_j), supported) with posterior weights w_ij ∝ p_t(x_t,i | x1_j).
+
+        x_t [B, *point_shape], t [B], x1 [M, *point_shape]: the marginal velocity of the
+        reference set (:func:`flowmatch.paths.marginal.marginal_velocity`), through the
+        geometry's :meth:`~flowmatch.geometry.base.Geometry.posterior_logmap`.
+        """
         t = t.to(x_t.dtype)
+        mean_log, supported = self.geometry.posterior_logmap(x_t, x1, 1 - self.scheduler.kappa(t))
         tt = t.reshape(-1, *([1] * (x_t.dim() - 1)))
         rate = self.scheduler.d_kappa(tt) / (1 - self.scheduler.kappa(tt))
-        return rate * self.geometry.weighted_logmap(x_t, x1, w)
+        return rate * mean_log, supported
 
     def __repr__(self) -> str:
         return f"GeodesicPath({self.geometry!r}, {self.scheduler!r}, velocity={self.velocity!r})"

@@ -68,17 +68,17 @@ def marginal_velocity(path: ProbPath, x_t: Tensor, t: Tensor, reference: Tensor,
     ref = reference.unsqueeze(0)
     rows = x_t.shape[0] if chunk_size is None else chunk_size
     out, ok = [], []
+    fused = getattr(path, "posterior_velocity", None)
     for xs, ts in zip(x_t.split(rows), t.split(rows), strict=True):
-        xe, te = xs.unsqueeze(1), ts.unsqueeze(1)
-        log_w = path.conditional_log_prob(xe, ref, te)          # [b, M]
-        supported = torch.isfinite(log_w).any(1)
-        w = torch.softmax(torch.where(supported[:, None], log_w, 0.0), dim=1)
-        w = torch.where(supported[:, None], w, 0.0)
-        weighted = getattr(path, "weighted_conditional_velocity", None)
-        if weighted is not None:
-            u = weighted(xs, ts, reference, w)
+        if fused is not None:
+            u, supported = fused(xs, ts, reference)
         else:
-            vel = path.conditional_velocity(xe, ref, te)        # [b, M, *point_shape]
+            xe, te = xs.unsqueeze(1), ts.unsqueeze(1)
+            log_w = path.conditional_log_prob(xe, ref, te)          # [b, M]
+            supported = torch.isfinite(log_w).any(1)
+            w = torch.softmax(torch.where(supported[:, None], log_w, 0.0), dim=1)
+            w = torch.where(supported[:, None], w, 0.0)
+            vel = path.conditional_velocity(xe, ref, te)            # [b, M, *point_shape]
             u = torch.einsum("bm,bmd->bd", w, vel.reshape(*w.shape, -1)).reshape(xs.shape)
         out.append(u)
         ok.append(supported)
