@@ -113,3 +113,12 @@ def marginal_target_arg(text: str):
     if value < 0:
         raise ValueError("--marginal-target takes 'none', 'all' or an int ≥ 0")
     return value
+
+
+def describe_marginal_target(value) -> str:
+    """Words for a ``--marginal-target`` value, for the printed run summary."""
+    if value is None:
+        return "conditional targets"
+    if value == "all":
+        return "marginal targets over the whole training split"
+    return f"marginal targets over the batch + {value} reference draws"

@@ -1,26 +1,38 @@
 """Riemannian flow matching on the earth-science catalogues (S²): test NLL beside the literature.
 
     python benchmarks/sphere_earth.py [--quick] [--json PATH] [--data-dir DIR] [--plot PATH]
+                                      [--jobs 2]
 
 For each catalogue (volcano, earthquake, flood, fire) and each seed: a seeded random 80/10/10
 split (flowmatch.data.earth.seeded_split), a tangent-projected MLP on x and random Fourier
 features of x (flowmatch.models.RandomFourierFeatures) trained by Riemannian CFM on the
-geodesic CondOT path (flowmatch.training.fit), and the exact test NLL from the Riemannian
+geodesic CondOT path (flowmatch.training.fit) with marginal-velocity targets
+(flowmatch.paths.marginal), and the exact test NLL from the Riemannian
 ODE likelihood (RK4, exact divergence on S²) with the EMA weights. Beside it: a von
 Mises–Fisher kernel density estimate whose concentration is chosen on the validation split, and
 the published numbers. NLLs are in nats w.r.t. the area of the unit sphere (uniform: log 4π ≈
 2.531). The training budget (CPU seconds of this process) is printed and written.
 
-Recipe (chosen on the validation split of fire, seed 0, 1,500-step runs; see the commit
-history): 256 Fourier features with σ = 10 lowered the validation NLL from 0.06 (raw x) to
-−0.55 at 1.2× the step cost, more than a 4×512 MLP (−0.44 at 2.7× the cost) or lr 1e-3.
+Recipe (the defaults), chosen on the validation split of fire, seed 0, with
+``python benchmarks/sphere_earth.py --datasets fire --seeds 1 --eval-steps 25 --on-validation``
+plus the flags named (validation NLL; training CPU seconds on one thread):
 
-Budget: validation NLL on fire, seed 0, ``python benchmarks/sphere_earth.py --datasets fire
---seeds 1 --eval-steps 25 --on-validation --steps N`` (+ the flags named): N = 2,000 −0.57,
-6,000 −0.78, 18,000 −0.96, about −0.18 nats per 3× steps. At equal CPU, none beat more
-steps of the default: ``--hidden 512`` at 2,000 steps −0.59 (2.9× the cost),
-``--batch 128 --lr 1e-3`` at 6,000 −0.52, ``--fourier-scale 20`` / ``30`` at 2,000 −0.38 /
-−0.09, ``--lr 5e-3`` at 2,000 −0.58. benchmarks/results holds a 24,000-step run.
+* Conditional targets (``--marginal-target none --fourier-scale 10 --batch 512``), the session-1
+  recipe: ``--steps`` 2,000 −0.57 (23 s), 6,000 −0.78, 18,000 −0.96, about −0.18 nats per 3×
+  steps. None of ``--hidden 512`` (2,000 steps: −0.59 at 2.9× the cost), ``--batch 128 --lr
+  1e-3`` (6,000: −0.52), ``--fourier-scale 20`` / ``30`` (2,000: −0.38 / −0.09) or
+  ``--lr 5e-3`` (2,000: −0.58) beat more steps. 256 Fourier features with σ = 10 had lowered
+  the NLL from 0.06 (raw x) to −0.55 at 1,500 steps.
+* Marginal targets (``fit(marginal_target=N)``: the posterior mean of the conditional
+  velocities over the batch plus N reference draws) at batch 512, σ = 10: 2,000 steps −0.76
+  (N = 0, 43 s) / −0.79 (N = 1,024); 6,000 steps −0.94 (N = 0, 112 s) / −0.96 (N = 1,024,
+  186 s). With the noise gone, higher frequencies pay: σ = 20 −1.00, σ = 30 −1.02
+  (6,000 steps, N = 0), and smaller batches with more steps at equal CPU: σ = 20, 12,000 steps
+  of batch 256, N = 256: −1.07 (126 s; N = 0: −1.02; lr 3e-3: −1.07); 24,000 of batch 128,
+  N = 384: −1.09 (122 s; N = 896: −1.09 at 153 s); 48,000 of batch 64, N = 448: −1.01 (166 s);
+  width 384 at batch 512: −1.01 (181 s). 72,000 steps of batch 128, N = 384 (the default):
+  −1.18 (381 s; RK4 × 50: −1.13). Volcano, 24,000 steps: N = 384 −5.15, the whole training
+  split (``--marginal-target all``) −5.17.
 
 The catalogues repeat locations (volcano: 827 events at 267 distinct places), so test events
 often coincide with training events; a model can lower the volcano NLL without bound by putting
@@ -200,6 +212,49 @@ def plot_maps(maps: dict, data: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# catalogue sizes, for scheduling the costliest runs first
+EARTH_SIZES = {"volcano": 827, "earthquake": 6120, "flood": 4875, "fire": 12809}
+
+
+def run_one(name: str, seed: int, cfg: dict) -> dict:
+    """Train and score one (catalogue, seed); a module-level function so a pool can run it."""
+    cpu0 = time.process_time()
+    _common.set_threads(cfg["threads"])
+    g = Sphere(3)
+    x = load_earth(earth_path(Path(cfg["earth_dir"]), name))
+    tr, va, te = seeded_split(x.shape[0], seed)
+    k_nll, k = vmf_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
+    # An MLP on the raw R³ coordinates is biased towards slowly varying functions, so its
+    # density stays smoother than the catalogues (concentrated along coasts and plate
+    # boundaries); plane waves of wavelength ≈ 2π/σ let the first layer resolve them. The
+    # frequencies come from their own generator (seed 0): the same features for every seed.
+    fourier = cfg["fourier"]
+    feats = RandomFourierFeatures(3, fourier, cfg["fourier_scale"]) if fourier else None
+    field, c = train_flow(g, x[tr], hidden=cfg["hidden"], layers=cfg["layers"],
+                          steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"], seed=seed,
+                          features=feats, in_dim=feats.out_dim if feats is not None else 3,
+                          marginal_target=cfg["marginal"])
+    scored = x[va] if cfg["on_validation"] else x[te]
+    eval_steps = cfg["eval_steps"]
+    flow = float(flow_nll(g, field, scored, method="rk4", num_steps=eval_steps).mean())
+    out = {"flow": flow, "kde": k_nll, "kappa": k, "train_cpu_s": c, "n": x.shape[0],
+           "distinct": int(torch.unique(x, dim=0).shape[0])}
+    if seed == 0:
+        # discretisation check: the same model and points with twice the RK4 steps
+        out["check"] = (flow, float(flow_nll(g, field, scored, method="rk4",
+                                             num_steps=2 * eval_steps).mean()))
+        if cfg["plot"]:
+            # the map is an illustration: a coarser grid and fewer steps than the NLL
+            n_lat, n_lon = (24, 48) if cfg["quick"] else (45, 90)
+            out["map"] = density_map(g, field, n_lat, n_lon, method="rk4",
+                                     num_steps=max(5, eval_steps // 4))
+            out["test_points"] = unit_to_latlon(x[te].double())
+    print(f"  {name} seed {seed}: flow {flow:.3f}  vMF-KDE {k_nll:.3f} (κ={k:.3g})  "
+          f"train CPU {c:.0f}s", flush=True)
+    out["cpu_s"] = time.process_time() - cpu0
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = _common.benchmark_parser(__doc__.split("\n")[0])
     ap.add_argument("--plot", type=Path, default=None, help="PNG of the learned densities")
@@ -212,24 +267,27 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--fourier", type=int, default=None,
                     help="random Fourier features of x (0: the raw coordinates only)")
-    ap.add_argument("--fourier-scale", type=float, default=10.0,
+    ap.add_argument("--fourier-scale", type=float, default=20.0,
                     help="σ of the Fourier frequency matrix")
     ap.add_argument("--eval-steps", type=int, default=None, help="RK4 steps of the likelihood")
-    ap.add_argument("--marginal-target", type=_common.marginal_target_arg, default=None,
+    ap.add_argument("--marginal-target", type=_common.marginal_target_arg, default=384,
                     help="N: regress on the marginal velocity of the batch plus N more "
                          "reference draws (fit(marginal_target=N)); 'all': of the whole "
                          "training split; 'none': conditional targets")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="worker processes, one (catalogue, seed) run each at a time (each "
+                         "with --threads threads)")
     ap.add_argument("--on-validation", action="store_true",
                     help="score the flow on the validation split instead of the test split (for "
                          "choosing a recipe; the KDE row stays a test NLL)")
     args = ap.parse_args(argv)
 
     _common.set_threads(args.threads)
-    steps = args.steps or (250 if args.quick else 6000)
+    steps = args.steps or (250 if args.quick else 72000)
     fourier = args.fourier if args.fourier is not None else (32 if args.quick else 256)
     hidden = args.hidden or (64 if args.quick else 256)
     layers = args.layers or (3 if args.quick else 4)
-    batch = args.batch or (256 if args.quick else 512)
+    batch = args.batch or (256 if args.quick else 128)
     # 100: volcano's spiky density moves 0.05–0.07 nats between RK4 × N and × 2N (50 → 100 at
     # 6,000 training steps, 100 → 200 at 24,000); the other catalogues move < 0.002
     eval_steps = args.eval_steps or (10 if args.quick else 100)
@@ -237,52 +295,47 @@ def main(argv: list[str] | None = None) -> dict:
     earth_dir = args.data_dir / "sphere" / "earth"
     if not earth_dir.is_dir():
         sys.exit(f"earth data not found under {earth_dir} (pass --data-dir)")
-    g = Sphere(3)
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    settings = {"earth_dir": str(earth_dir), "fourier": fourier,
+                "fourier_scale": args.fourier_scale, "hidden": hidden, "layers": layers,
+                "steps": steps, "batch": batch, "lr": args.lr, "marginal": marginal,
+                "on_validation": args.on_validation, "eval_steps": eval_steps,
+                "plot": args.plot is not None, "quick": args.quick, "threads": args.threads}
+    # the costliest catalogue first, so a pool of workers finishes together
+    tasks = sorted(((name, seed) for name in args.datasets for seed in range(args.seeds)),
+                   key=lambda task: -EARTH_SIZES.get(task[0], 0))
+    done = {}
+    if args.jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a forked child would inherit torch's OpenMP state
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {task: pool.submit(run_one, task[0], task[1], settings) for task in tasks}
+            for task, future in futures.items():
+                done[task] = future.result()
+    else:
+        for task in tasks:
+            done[task] = run_one(task[0], task[1], settings)
     results: dict[str, dict] = {}
     maps, test_points, checks = {}, {}, {}
+    worker_cpu = 0.0
     for name in args.datasets:
-        x = load_earth(earth_path(earth_dir, name))
-        distinct = int(torch.unique(x, dim=0).shape[0])
-        flow, kde, cpu, kappas = [], [], 0.0, []
-        for seed in range(args.seeds):
-            tr, va, te = seeded_split(x.shape[0], seed)
-            k_nll, k = vmf_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
-            kde.append(k_nll)
-            kappas.append(k)
-            # An MLP on the raw R³ coordinates is biased towards slowly varying functions, so
-            # its density stays smoother than the catalogues (concentrated along coasts and
-            # plate boundaries); plane waves of wavelength ≈ 2π/σ let the first layer resolve
-            # them. The frequencies come from their own generator (seed 0): the same features
-            # for every seed.
-            feats = (RandomFourierFeatures(3, fourier, args.fourier_scale) if fourier
-                     else None)
-            field, c = train_flow(g, x[tr], hidden=hidden, layers=layers, steps=steps,
-                                  batch=batch, lr=args.lr, seed=seed, features=feats,
-                                  in_dim=feats.out_dim if feats is not None else 3,
-                                  marginal_target=marginal)
-            cpu += c
-            scored = x[va] if args.on_validation else x[te]
-            flow.append(float(flow_nll(g, field, scored, method="rk4",
-                                       num_steps=eval_steps).mean()))
-            if seed == 0:
-                # discretisation check: the same model and points with twice the RK4 steps
-                checks[name] = (flow[-1], float(flow_nll(g, field, scored, method="rk4",
-                                                         num_steps=2 * eval_steps).mean()))
-            if seed == 0 and args.plot is not None:
-                # the map is an illustration: a coarser grid and fewer steps than the NLL
-                n_lat, n_lon = (24, 48) if args.quick else (45, 90)
-                maps[name] = density_map(g, field, n_lat, n_lon, method="rk4",
-                                         num_steps=max(5, eval_steps // 4))
-                test_points[name] = unit_to_latlon(x[te].double())
-            print(f"  {name} seed {seed}: flow {flow[-1]:.3f}  vMF-KDE {k_nll:.3f} "
-                  f"(κ={k:.3g})  train CPU {c:.0f}s", flush=True)
+        runs = [done[(name, seed)] for seed in range(args.seeds)]
+        worker_cpu += sum(r["cpu_s"] for r in runs) if args.jobs > 1 else 0.0
+        flow = [r["flow"] for r in runs]
+        kde = [r["kde"] for r in runs]
+        if "check" in runs[0]:
+            checks[name] = runs[0]["check"]
+        if "map" in runs[0]:
+            maps[name], test_points[name] = runs[0]["map"], runs[0]["test_points"]
         ft, kt = torch.tensor(flow), torch.tensor(kde)
         results[name] = {
-            "n": x.shape[0], "distinct": distinct, "flow_mean": float(ft.mean()),
+            "n": runs[0]["n"], "distinct": runs[0]["distinct"], "flow_mean": float(ft.mean()),
             "flow_std": float(ft.std()) if len(flow) > 1 else 0.0, "flow_runs": flow,
             "kde_mean": float(kt.mean()), "kde_std": float(kt.std()) if len(kde) > 1 else 0.0,
-            "kde_kappas": kappas, "train_cpu_s": cpu,
+            "kde_kappas": [r["kappa"] for r in runs],
+            "train_cpu_s": sum(r["train_cpu_s"] for r in runs),
         }
 
     # -- table --------------------------------------------------------------------------
@@ -318,12 +371,13 @@ def main(argv: list[str] | None = None) -> dict:
         a, b = checks[n]
         print(f"  discretisation check ({n}, seed 0): RK4 × {eval_steps} → {a:.4f}, "
               f"RK4 × {2 * eval_steps} → {b:.4f}")
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0 + worker_cpu
     feat_note = (f"[x, sin/cos of {fourier} random Fourier features, σ={args.fourier_scale:g}]"
                  if fourier else "raw x")
     print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP on {feat_note}, {steps} "
           f"steps of batch "
-          f"{batch}, AdamW lr {args.lr:g} cosine, EMA min(0.999, 1 − 10/steps); likelihood "
+          f"{batch}, {_common.describe_marginal_target(marginal)}, AdamW lr {args.lr:g} "
+          f"cosine, EMA min(0.999, 1 − 10/steps); likelihood "
           f"RK4 × {eval_steps} steps, exact divergence; total wall {wall:.0f}s, CPU {cpu:.0f}s)")
 
     if args.plot is not None and maps:
@@ -348,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
               "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
               "lr": args.lr, "fourier_features": fourier, "fourier_scale": args.fourier_scale,
+              "marginal_target": marginal, "jobs": args.jobs,
               "likelihood": f"rk4 x {eval_steps}, exact divergence",
               "split": "seeded random 80/10/10 (flowmatch.data.earth.seeded_split)",
               "flow_scored_on": "validation" if args.on_validation else "test",

@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     feat_note = (f"(cos, sin) + {fourier} integer Fourier features σ={args.fourier_scale:g}"
                  if fourier else "(cos, sin) features")
     print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP on {feat_note}, "
-          f"{steps} steps of batch {batch}, AdamW lr {args.lr:g} cosine; likelihood RK4 × "
+          f"{steps} steps of batch {batch}, {_common.describe_marginal_target(marginal)}, "
+          f"AdamW lr {args.lr:g} cosine; likelihood RK4 × "
           f"{eval_steps}, exact divergence; training {cpu:.0f} CPU s over {args.seeds} "
           f"seeds; total wall {wall:.0f}s, CPU {cpu_all:.0f}s)")
 
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
               "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
               "lr": args.lr, "fourier_features": fourier, "fourier_scale": args.fourier_scale,
+              "marginal_target": marginal,
               "likelihood": f"rk4 x {eval_steps}, exact divergence",
               "kde_kappas": kappas, "wall_s": wall, "cpu_s": cpu_all,
               "discretisation_check": check}

@@ -4,6 +4,7 @@ from flowmatch.paths.affine import AffinePath, CondOTPath
 from flowmatch.paths.base import PathSample, ProbPath
 from flowmatch.paths.coupling import OTCoupling, independent_coupling
 from flowmatch.paths.geodesic import GeodesicPath
+from flowmatch.paths.marginal import marginal_velocity
 from flowmatch.paths.metric_induced import (
     BetaScheduler,
     LikelihoodOffset,
@@ -38,4 +39,6 @@ __all__ = [
     "ordinal_distance",
     # couplings
     "OTCoupling", "independent_coupling",
+    # low-variance targets
+    "marginal_velocity",
 ]
