@@ -65,6 +65,7 @@ from flowmatch.models.features import RandomFourierFeatures
 from flowmatch.models.wrappers import TangentProjected
 from flowmatch.paths.geodesic import GeodesicPath
 from flowmatch.solvers.riemannian import RiemannianODESolver
+from flowmatch.training.checkpoint import load_checkpoint, save_checkpoint
 from flowmatch.training.fit import fit
 
 # Published test NLLs (lower is better), as listed in the issue.
@@ -233,10 +234,27 @@ def run_one(name: str, seed: int, cfg: dict) -> dict:
     # frequencies come from their own generator (seed 0): the same features for every seed.
     fourier = cfg["fourier"]
     feats = RandomFourierFeatures(3, fourier, cfg["fourier_scale"]) if fourier else None
-    field, c = train_flow(g, x[tr], hidden=cfg["hidden"], layers=cfg["layers"],
-                          steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"], seed=seed,
-                          features=feats, in_dim=feats.out_dim if feats is not None else 3,
-                          marginal_target=cfg["marginal"])
+    arch = {"hidden": cfg["hidden"], "layers": cfg["layers"], "fourier": fourier,
+            "fourier_scale": cfg["fourier_scale"]}
+    saved = Path(cfg["models"]) / f"{name}_seed{seed}.pt" if cfg["models"] else None
+    if saved is not None and cfg["load_models"]:
+        # score a field trained by an earlier --save-models run instead of training one
+        state = load_checkpoint(saved)
+        if state["arch"] != arch:
+            raise ValueError(f"{saved} holds a {state['arch']} field, this run asks for {arch}")
+        field = TangentProjected(AmbientField(feats.out_dim if feats is not None else 3, 3,
+                                              hidden=cfg["hidden"], layers=cfg["layers"],
+                                              features=feats), g)
+        field.load_state_dict(state["field"])
+        field.eval().requires_grad_(False)
+        c = 0.0
+    else:
+        field, c = train_flow(g, x[tr], hidden=cfg["hidden"], layers=cfg["layers"],
+                              steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"], seed=seed,
+                              features=feats, in_dim=feats.out_dim if feats is not None else 3,
+                              marginal_target=cfg["marginal"])
+        if saved is not None:
+            save_checkpoint(saved, {"arch": arch, "field": field.state_dict()})
     scored = x[va] if cfg["on_validation"] else x[te]
     eval_steps = cfg["eval_steps"]
     flow = float(flow_nll(g, field, scored, method="rk4", num_steps=eval_steps).mean())
@@ -279,6 +297,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="N: regress on the marginal velocity of the batch plus N more "
                          "reference draws (fit(marginal_target=N)); 'all': of the whole "
                          "training split; 'none': conditional targets")
+    ap.add_argument("--save-models", type=Path, default=None,
+                    help="write each trained field (EMA weights) to DIR/CATALOGUE_seedK.pt")
+    ap.add_argument("--load-models", type=Path, default=None,
+                    help="score the fields a --save-models run wrote to DIR instead of training")
     ap.add_argument("--jobs", type=int, default=1,
                     help="worker processes, one (catalogue, seed) run each at a time (each "
                          "with --threads threads)")
@@ -286,6 +308,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="score the flow on the validation split instead of the test split (for "
                          "choosing a recipe; the KDE row stays a test NLL)")
     args = ap.parse_args(argv)
+    if args.save_models is not None and args.load_models is not None:
+        ap.error("--save-models and --load-models exclude each other")
+    if args.save_models is not None:
+        args.save_models.mkdir(parents=True, exist_ok=True)
 
     _common.set_threads(args.threads)
     steps = args.steps or (250 if args.quick else 72000)
@@ -305,7 +331,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "fourier_scale": args.fourier_scale, "hidden": hidden, "layers": layers,
                 "steps": steps, "batch": batch, "lr": args.lr, "marginal": marginal,
                 "on_validation": args.on_validation, "eval_steps": eval_steps,
-                "plot": args.plot is not None, "quick": args.quick, "threads": args.threads}
+                "plot": args.plot is not None, "quick": args.quick, "threads": args.threads,
+                "models": str(args.load_models or args.save_models or ""),
+                "load_models": args.load_models is not None}
     # the costliest catalogue first, so a pool of workers finishes together
     tasks = sorted(((name, seed) for name in args.datasets for seed in range(args.seeds)),
                    key=lambda task: -EARTH_SIZES.get(task[0], 0))
@@ -408,6 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
               "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
               "lr": args.lr, "fourier_features": fourier, "fourier_scale": args.fourier_scale,
               "marginal_target": marginal, "jobs": args.jobs,
+              "loaded_models": str(args.load_models) if args.load_models else None,
               "likelihood": f"rk4 x {eval_steps}, exact divergence",
               "split": "seeded random 80/10/10 (flowmatch.data.earth.seeded_split)",
               "flow_scored_on": "validation" if args.on_validation else "test",
