@@ -145,6 +145,13 @@ def vmf_kde_baseline(train: Tensor, val: Tensor, test: Tensor) -> tuple[float, f
     return float(vmf_kde_nll(train, test, grid[best]).mean()), grid[best]
 
 
+def build_field(geometry: Geometry, in_dim: int, out_dim: int, *, hidden: int, layers: int,
+                features=None) -> nn.Module:
+    """The benchmark's velocity field: an :class:`AmbientField` made tangent to ``geometry``."""
+    return TangentProjected(AmbientField(in_dim, out_dim, hidden=hidden, layers=layers,
+                                         features=features), geometry)
+
+
 # -- one run ----------------------------------------------------------------------------------
 def train_flow(geometry: Geometry, train: Tensor, *, hidden: int, layers: int, steps: int,
                batch: int, lr: float, seed: int, features=None, in_dim=None,
@@ -152,9 +159,8 @@ def train_flow(geometry: Geometry, train: Tensor, *, hidden: int, layers: int, s
     """Riemannian CFM on the geodesic CondOT path; returns (EMA field, CPU seconds)."""
     torch.manual_seed(seed)
     d = train.shape[-1]
-    net = AmbientField(in_dim or d, out_dim or d, hidden=hidden, layers=layers,
-                       features=features)
-    model = TangentProjected(net, geometry)
+    model = build_field(geometry, in_dim or d, out_dim or d, hidden=hidden, layers=layers,
+                        features=features)
     cpu0 = time.process_time()
 
     def sample_data(n: int, gen: torch.Generator) -> Tensor:
@@ -242,9 +248,8 @@ def run_one(name: str, seed: int, cfg: dict) -> dict:
         state = load_checkpoint(saved)
         if state["arch"] != arch:
             raise ValueError(f"{saved} holds a {state['arch']} field, this run asks for {arch}")
-        field = TangentProjected(AmbientField(feats.out_dim if feats is not None else 3, 3,
-                                              hidden=cfg["hidden"], layers=cfg["layers"],
-                                              features=feats), g)
+        field = build_field(g, feats.out_dim if feats is not None else 3, 3,
+                            hidden=cfg["hidden"], layers=cfg["layers"], features=feats)
         field.load_state_dict(state["field"])
         field.eval().requires_grad_(False)
         c = 0.0

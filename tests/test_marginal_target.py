@@ -84,10 +84,19 @@ def test_euclidean_contracted_density_is_gaussian():
     assert torch.allclose(g.contracted_base_log_prob(x, y, s), ref.log_prob(x).sum(-1))
 
 
-def test_unsupported_geometry_names_itself():
+def test_unsupported_geometry_is_refused_up_front():
+    # a geometry without the closed-form density: the direct call names it, and both
+    # marginal_velocity and fit refuse before any work instead of failing mid-training
+    g = Hyperbolic(2)
+    x = torch.tensor([[1.0, 0.0, 0.0]])
+    path = GeodesicPath(g)
     with pytest.raises(NotImplementedError, match="Hyperbolic"):
-        GeodesicPath(Hyperbolic(2)).conditional_log_prob(
-            torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0.5]))
+        path.conditional_log_prob(x, x, torch.tensor([0.5]))
+    with pytest.raises(TypeError, match="Hyperbolic"):
+        marginal_velocity(path, x, torch.tensor([0.5]), x)
+    with pytest.raises(ValueError, match="Hyperbolic"):
+        fit(torch.nn.Linear(3, 3), lambda n, gen: x.expand(n, 3), path, g, steps=2,
+            batch_size=4, progress=False, marginal_target=0)
 
 
 # -- weighted logarithms -----------------------------------------------------------------------

@@ -59,3 +59,14 @@ def safe_sqrt(sq: Tensor) -> Tensor:
     positive = sq > 0
     return torch.where(positive, torch.where(positive, sq, torch.ones_like(sq)).sqrt(),
                        torch.zeros_like(sq))
+
+
+def posterior_weights(log_w: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax over the last axis of unnormalised log weights [B, M], −inf allowed.
+
+    Returns (w [B, M], supported [B]); a row of −inf only (no reference point explains it) gets
+    w = 0 and supported = False instead of the softmax's NaN.
+    """
+    supported = torch.isfinite(log_w).any(-1)
+    w = torch.softmax(torch.where(supported.unsqueeze(-1), log_w, 0.0), dim=-1)
+    return torch.where(supported.unsqueeze(-1), w, 0.0), supported

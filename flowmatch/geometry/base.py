@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from flowmatch._validation import check_finite, validation_enabled
-from flowmatch.geometry._numerics import safe_sqrt
+from flowmatch.geometry._numerics import posterior_weights, safe_sqrt
 
 
 def _as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -104,9 +104,7 @@ class Geometry:
         forms the [B, M] table of densities and the [B, M, *point_shape] table of logarithms.
         """
         log_w = self.contracted_base_log_prob(x.unsqueeze(1), y.unsqueeze(0), s.unsqueeze(1))
-        supported = torch.isfinite(log_w).any(1)
-        w = torch.softmax(torch.where(supported[:, None], log_w, 0.0), dim=1)
-        w = torch.where(supported[:, None], w, 0.0)
+        w, supported = posterior_weights(log_w)
         logs = self.logmap(x.unsqueeze(1), y.unsqueeze(0))
         mean = torch.einsum("bm,bmd->bd", w.to(logs.dtype), logs.flatten(2)).reshape(x.shape)
         return mean, supported

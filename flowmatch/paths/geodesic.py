@@ -123,11 +123,7 @@ class GeodesicPath(ProbPath):
 
         Shapes as in :meth:`conditional_log_prob`; the result has the broadcast point shape.
         """
-        t = t.to(x_t.dtype)
-        k = len(self.geometry.point_shape)
-        tt = t.reshape(*t.shape, *([1] * k))
-        rate = self.scheduler.d_kappa(tt) / (1 - self.scheduler.kappa(tt))
-        return rate * self.geometry.logmap(x_t, x1)
+        return self._contraction_rate(t, x_t) * self.geometry.logmap(x_t, x1)
 
     def posterior_velocity(self, x_t: Tensor, t: Tensor, x1: Tensor) -> tuple[Tensor, Tensor]:
         """(Σ_j w_ij u_t(x_t,i | x1_j), supported) with posterior weights w_ij ∝ p_t(x_t,i | x1_j).
@@ -138,9 +134,13 @@ class GeodesicPath(ProbPath):
         """
         t = t.to(x_t.dtype)
         mean_log, supported = self.geometry.posterior_logmap(x_t, x1, 1 - self.scheduler.kappa(t))
-        tt = t.reshape(-1, *([1] * (x_t.dim() - 1)))
-        rate = self.scheduler.d_kappa(tt) / (1 - self.scheduler.kappa(tt))
-        return rate * mean_log, supported
+        return self._contraction_rate(t, x_t) * mean_log, supported
+
+    def _contraction_rate(self, t: Tensor, x_t: Tensor) -> Tensor:
+        """κ̇_t / κ̄_t, shaped to broadcast over the point dimensions of x_t (t: its batch dims)."""
+        t = t.to(x_t.dtype)
+        tt = t.reshape(*t.shape, *([1] * len(self.geometry.point_shape)))
+        return self.scheduler.d_kappa(tt) / (1 - self.scheduler.kappa(tt))
 
     def __repr__(self) -> str:
         return f"GeodesicPath({self.geometry!r}, {self.scheduler!r}, velocity={self.velocity!r})"

@@ -25,13 +25,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from flowmatch.geometry._numerics import posterior_weights
+from flowmatch.geometry.base import Geometry
 from flowmatch.paths.base import ProbPath
 
 
 def supports_marginal_velocity(path: ProbPath) -> bool:
-    """Whether ``path`` has the conditional density and velocity :func:`marginal_velocity` needs."""
-    return callable(getattr(path, "conditional_log_prob", None)) and callable(
-        getattr(path, "conditional_velocity", None))
+    """Whether ``path`` has the conditional density and velocity :func:`marginal_velocity` needs.
+
+    A geodesic path has them only on a geometry that defines
+    :meth:`~flowmatch.geometry.base.Geometry.contracted_base_log_prob` in closed form.
+    """
+    if not (callable(getattr(path, "conditional_log_prob", None))
+            and callable(getattr(path, "conditional_velocity", None))):
+        return False
+    geometry = getattr(path, "geometry", None)
+    return geometry is None or (type(geometry).contracted_base_log_prob
+                                is not Geometry.contracted_base_log_prob)
 
 
 def marginal_velocity(path: ProbPath, x_t: Tensor, t: Tensor, reference: Tensor, *,
@@ -52,8 +62,9 @@ def marginal_velocity(path: ProbPath, x_t: Tensor, t: Tensor, reference: Tensor,
         on any y_j's path, or rounding at the support's edge); u is 0 there.
     """
     if not supports_marginal_velocity(path):
-        raise TypeError(f"{type(path).__name__} has no conditional_log_prob / "
-                        "conditional_velocity, so its marginal velocity is not available")
+        raise TypeError(f"{path!r} has no closed-form conditional density and velocity "
+                        "(conditional_log_prob / conditional_velocity), so its marginal "
+                        "velocity is not available")
     if reference.dim() < 1 or reference.shape[0] == 0:
         raise ValueError(f"reference must hold at least one point, got shape "
                          f"{tuple(reference.shape)}")
@@ -75,9 +86,7 @@ def marginal_velocity(path: ProbPath, x_t: Tensor, t: Tensor, reference: Tensor,
         else:
             xe, te = xs.unsqueeze(1), ts.unsqueeze(1)
             log_w = path.conditional_log_prob(xe, ref, te)          # [b, M]
-            supported = torch.isfinite(log_w).any(1)
-            w = torch.softmax(torch.where(supported[:, None], log_w, 0.0), dim=1)
-            w = torch.where(supported[:, None], w, 0.0)
+            w, supported = posterior_weights(log_w)
             vel = path.conditional_velocity(xe, ref, te)            # [b, M, *point_shape]
             u = torch.einsum("bm,bmd->bd", w, vel.reshape(*w.shape, -1)).reshape(xs.shape)
         out.append(u)

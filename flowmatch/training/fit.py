@@ -75,7 +75,7 @@ def _check_marginal_target(marginal_target: Any, path: ProbPath, geometry: Geome
                          f"Tensor of reference points, got {marginal_target!r}")
     if not supports_marginal_velocity(path):
         raise ValueError(f"marginal_target needs a path with a closed-form conditional density; "
-                         f"{type(path).__name__} has none")
+                         f"{path!r} has none")
     if coupling is not None:
         raise ValueError("marginal_target assumes independent coupling (the conditional "
                          "density of x_t given x1 is the contracted source); drop coupling")
