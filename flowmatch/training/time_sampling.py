@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -49,3 +51,44 @@ class LogitNormalTime:
 
     def __repr__(self) -> str:
         return f"LogitNormalTime(mean={self.mean:g}, std={self.std:g})"
+
+
+class KumaraswamyTime:
+    """t ~ Kumaraswamy(a, b), density a b t^{a−1} (1 − t^a)^{b−1} on (0, 1).
+
+    Drawn by inverting the CDF F(t) = 1 − (1 − t^a)^b: t = (1 − (1 − u)^{1/b})^{1/a} with
+    u ~ U(0, 1) from the caller's generator, so runs stay reproducible on any device.
+    ``a = 1, b = 1/p`` is Beta(1, 1/p): 1 − t ~ U^p, i.e. t = 1 − (1 − u)^p, which puts weight
+    (1 − t)^{1/p − 1} / p on times near the data end t = 1, where a sharp density is resolved
+    (on the earth catalogues p = 3 lowered the validation NLL by ~0.2 nats at equal cost;
+    ``benchmarks/sphere_earth.py``). ``b = 1`` gives t = u^{1/a}, Beta(a, 1).
+
+    Draws lie in [0, 1): a value that rounds to 1 is replaced by the largest number below 1 of
+    the dtype, as for :class:`UniformTime`, since paths contract to a point there.
+    """
+
+    def __init__(self, a: float = 1.0, b: float = 1.0) -> None:
+        for name, value in (("a", a), ("b", b)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or not value > 0:
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        self.a, self.b = float(a), float(b)
+
+    def __call__(
+        self,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        u = torch.rand(batch_size, generator=generator, device=device, dtype=dtype)
+        # 1 − t^a = (1 − u)^{1/b}, written with log1p/expm1 so small u keeps its digits
+        one_minus = torch.exp(torch.log1p(-u) / self.b)
+        t = torch.exp(torch.log1p(-one_minus) / self.a) if self.a != 1.0 else 1 - one_minus
+        below_one = torch.nextafter(torch.ones((), dtype=t.dtype, device=t.device),
+                                    torch.zeros((), dtype=t.dtype, device=t.device))
+        return t.clamp(min=0.0, max=float(below_one)).nan_to_num(0.0)
+
+    def __repr__(self) -> str:
+        return f"KumaraswamyTime(a={self.a:g}, b={self.b:g})"
