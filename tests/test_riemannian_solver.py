@@ -217,6 +217,44 @@ def test_likelihood_of_a_compressing_flow_matches_the_closed_form(step):
                                rtol=1e-6)
 
 
+def test_adaptive_likelihood_resolves_a_flow_that_acts_only_near_the_data():
+    # v = a(t) P_x e_z with a(t) = k t^(k−1): the same map as the unit-time flow of P_x e_z
+    # (λ = e^{−1}), but all of it happens for t within a few 1/k of 1, the way sharp learned
+    # densities behave; a uniform grid spends its steps where nothing moves
+    k = 200.0
+    g = Sphere(3)
+    x1 = g.projx(uniform(g, 64) + torch.tensor([0.0, 0.0, 0.8], dtype=D64))
+    solver = RiemannianODESolver(lambda x, t: (k * t ** (k - 1))[:, None] * gradient_flow(x, t),
+                                 g)
+    expected = _conformal_log_density(x1, math.exp(-1.0))
+    _, coarse = solver.log_likelihood(x1, method="rk4", num_steps=25)
+    assert float((coarse - expected).abs().max()) > 0.1
+    x0, adaptive = solver.log_likelihood(x1, method="dopri5", atol=1e-8, rtol=1e-8)
+    torch.testing.assert_close(adaptive, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.linalg.vector_norm(x0, dim=-1), torch.ones(64, dtype=D64))
+    assert solver.nfe > 0
+    # a looser tolerance costs fewer evaluations and stays within it
+    _, loose = solver.log_likelihood(x1, method="bosh3", atol=1e-5, rtol=1e-5)
+    assert float((loose - expected).abs().max()) < 1e-3
+
+
+def test_adaptive_likelihood_on_the_torus_and_bad_options():
+    t7 = FlatTorus(7)
+    y = uniform(t7, 16)
+    shift = torch.linspace(-1, 1, 7, dtype=D64)
+    solver = RiemannianODESolver(lambda x, t: shift.expand_as(x), t7)
+    _, log_p = solver.log_likelihood(y, method="dopri5")
+    torch.testing.assert_close(log_p, torch.full((16,), -7 * math.log(2 * math.pi), dtype=D64))
+    with pytest.raises(ValueError, match="chooses its steps"):
+        solver.log_likelihood(y, method="dopri5", num_steps=10)
+    with pytest.raises(ValueError, match="step='projx' only"):
+        solver.log_likelihood(y, method="dopri5", step="expmap")
+    with pytest.raises(ValueError, match="atol"):
+        solver.log_likelihood(y, method="dopri5", atol=0.0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        solver.sample(y, method="dopri5")
+
+
 def test_hutchinson_likelihood_is_unbiased():
     # one probe per trajectory: the mean over 4,000 copies of one point must sit within 4
     # standard errors of the exact value (the per-copy spread is measured, not assumed)
