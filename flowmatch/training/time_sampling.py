@@ -88,7 +88,7 @@ class KumaraswamyTime:
         t = torch.exp(torch.log1p(-one_minus) / self.a) if self.a != 1.0 else 1 - one_minus
         below_one = torch.nextafter(torch.ones((), dtype=t.dtype, device=t.device),
                                     torch.zeros((), dtype=t.dtype, device=t.device))
-        return t.clamp(min=0.0, max=float(below_one)).nan_to_num(0.0)
+        return t.clamp(max=float(below_one))
 
     def __repr__(self) -> str:
         return f"KumaraswamyTime(a={self.a:g}, b={self.b:g})"
