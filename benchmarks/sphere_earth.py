@@ -195,30 +195,49 @@ def likelihood_from_args(args) -> Likelihood:
 DEFAULT_TIME_POWERS: dict[str, float] = {"*": 3.0, "earthquake": 1.0, "flood": 1.0}
 
 
-def time_powers_arg(text: str) -> dict[str, float]:
-    """Parse "3" or "3,earthquake=1,flood=1" into {"*": 3.0, "earthquake": 1.0, ...}."""
+def per_catalogue_arg(what: str, *, positive: bool, rest: float):
+    """An argparse type: "3" or "3,earthquake=1,flood=1" → {"*": 3.0, "earthquake": 1.0, ...}.
+
+    ``what`` names the value in errors; values must be finite and > 0 (``positive``) or ≥ 0;
+    catalogues not named get the unnamed value, else ``rest``.
+    """
     import argparse
 
-    out: dict[str, float] = {}
-    for item in text.split(","):
-        key, _, value = item.rpartition("=")
-        key = key.strip() or "*"
-        if key != "*" and key not in EARTH_DATASETS:
-            raise argparse.ArgumentTypeError(f"unknown catalogue {key!r} in {text!r}")
-        try:
-            power = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {value!r} in {text!r}") from None
-        if not (math.isfinite(power) and power > 0):
-            raise argparse.ArgumentTypeError(f"P must be positive, got {value!r}")
-        out[key] = power
-    out.setdefault("*", 1.0)
-    return out
+    def parse(text: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for item in text.split(","):
+            key, _, value = item.rpartition("=")
+            key = key.strip() or "*"
+            if key != "*" and key not in EARTH_DATASETS:
+                raise argparse.ArgumentTypeError(f"unknown catalogue {key!r} in {text!r}")
+            try:
+                number = float(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"not a number: {value!r} in {text!r}") from None
+            if not math.isfinite(number) or number < 0 or (positive and number == 0):
+                bound = "positive" if positive else "non-negative"
+                raise argparse.ArgumentTypeError(f"{what} must be {bound}, got {value!r}")
+            out[key] = number
+        out.setdefault("*", rest)
+        return out
+
+    return parse
 
 
-def format_time_powers(powers: dict[str, float]) -> str:
-    rest = [f"{k}={v:g}" for k, v in powers.items() if k != "*"]
-    return ",".join([f"{powers['*']:g}", *rest])
+time_powers_arg = per_catalogue_arg("P", positive=True, rest=1.0)
+
+
+def format_per_catalogue(values: dict[str, float]) -> str:
+    rest = [f"{k}={v:g}" for k, v in values.items() if k != "*"]
+    return ",".join([f"{values['*']:g}", *rest])
+
+
+format_time_powers = format_per_catalogue
+
+
+def for_catalogue(values: dict[str, float], name: str) -> float:
+    return values.get(name, values["*"])
 
 
 def vmf_log_normaliser(kappa: float) -> float:
@@ -254,9 +273,15 @@ def build_field(geometry: Geometry, in_dim: int, out_dim: int, *, hidden: int, l
 # -- one run ----------------------------------------------------------------------------------
 def train_flow(geometry: Geometry, train: Tensor, *, hidden: int, layers: int, steps: int,
                batch: int, lr: float, seed: int, features=None, in_dim=None,
-               out_dim=None, marginal_target=None,
-               time_power: float = 1.0) -> tuple[nn.Module, float]:
-    """Riemannian CFM on the geodesic CondOT path; returns (EMA field, CPU seconds)."""
+               out_dim=None, marginal_target=None, time_power: float = 1.0,
+               weight_decay: float = 0.0, data_noise: float = 0.0) -> tuple[nn.Module, float]:
+    """Riemannian CFM on the geodesic CondOT path; returns (EMA field, CPU seconds).
+
+    ``data_noise`` ε > 0 trains on x1 = exp_y(ε P_y ξ), ξ ~ N(0, I) ambient, for training points
+    y: the training law smoothed by a kernel of geodesic radius ≈ ε (on S² close to a von
+    Mises–Fisher kernel of κ = 1/ε²), a regulariser against fitting the few thousand training
+    points themselves; the marginal-velocity reference draws are smoothed alike.
+    """
     torch.manual_seed(seed)
     d = train.shape[-1]
     model = build_field(geometry, in_dim or d, out_dim or d, hidden=hidden, layers=layers,
@@ -264,7 +289,11 @@ def train_flow(geometry: Geometry, train: Tensor, *, hidden: int, layers: int, s
     cpu0 = time.process_time()
 
     def sample_data(n: int, gen: torch.Generator) -> Tensor:
-        return train[torch.randint(0, train.shape[0], (n,), generator=gen)]
+        y = train[torch.randint(0, train.shape[0], (n,), generator=gen)]
+        if data_noise == 0:
+            return y
+        xi = torch.randn(y.shape, generator=gen, dtype=y.dtype)
+        return geometry.projx(geometry.expmap(y, geometry.proju(y, data_noise * xi)))
 
     # an EMA horizon of ~1/10 of the run: 0.999 would still sit near the initial weights
     # after a few hundred quick-mode steps
@@ -272,7 +301,8 @@ def train_flow(geometry: Geometry, train: Tensor, *, hidden: int, layers: int, s
     if marginal_target == "all":
         marginal_target = train
     result = fit(model, sample_data, GeodesicPath(geometry), geometry, steps=steps,
-                 batch_size=batch, lr=lr, ema_decay=ema, lr_schedule="cosine",
+                 batch_size=batch, lr=lr, weight_decay=weight_decay, ema_decay=ema,
+                 lr_schedule="cosine",
                  warmup_steps=min(200, steps // 10), seed=seed, progress=False,
                  marginal_target=marginal_target,
                  time_sampler=None if time_power == 1 else KumaraswamyTime(1.0, 1 / time_power),
@@ -340,9 +370,10 @@ def run_one(name: str, seed: int, cfg: dict) -> dict:
     # boundaries); plane waves of wavelength ≈ 2π/σ let the first layer resolve them. The
     # frequencies come from their own generator (seed 0): the same features for every seed.
     fourier = cfg["fourier"]
-    feats = RandomFourierFeatures(3, fourier, cfg["fourier_scale"]) if fourier else None
+    scale = for_catalogue(cfg["fourier_scale"], name)
+    feats = RandomFourierFeatures(3, fourier, scale) if fourier else None
     arch = {"hidden": cfg["hidden"], "layers": cfg["layers"], "fourier": fourier,
-            "fourier_scale": cfg["fourier_scale"]}
+            "fourier_scale": scale}
     saved = Path(cfg["models"]) / f"{name}_seed{seed}.pt" if cfg["models"] else None
     if saved is not None and cfg["load_models"]:
         # score a field trained by an earlier --save-models run instead of training one
@@ -359,7 +390,9 @@ def run_one(name: str, seed: int, cfg: dict) -> dict:
                               steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"], seed=seed,
                               features=feats, in_dim=feats.out_dim if feats is not None else 3,
                               marginal_target=cfg["marginal"],
-                              time_power=cfg["time_power"].get(name, cfg["time_power"]["*"]))
+                              time_power=for_catalogue(cfg["time_power"], name),
+                              weight_decay=for_catalogue(cfg["weight_decay"], name),
+                              data_noise=for_catalogue(cfg["data_noise"], name))
         if saved is not None:
             save_checkpoint(saved, {"arch": arch, "field": field.state_dict()})
     scored = x[va] if cfg["on_validation"] else x[te]
@@ -395,14 +428,26 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--fourier", type=int, default=None,
                     help="random Fourier features of x (0: the raw coordinates only)")
-    ap.add_argument("--fourier-scale", type=float, default=20.0,
-                    help="σ of the Fourier frequency matrix")
+    ap.add_argument("--fourier-scale", type=per_catalogue_arg("σ", positive=True, rest=20.0),
+                    default={"*": 20.0},
+                    help="σ of the Fourier frequency matrix, one for all or S,NAME=S,... "
+                         "(default 20)")
     _common_likelihood_args(ap)
     ap.add_argument("--time-power", type=time_powers_arg, default=DEFAULT_TIME_POWERS,
                     help="train on times t = 1 − (1 − u)^P, u ~ U(0, 1) (KumaraswamyTime(1, 1/P):"
                          " more weight near the data, where sharp densities are resolved; 1: "
                          "uniform). One P for all, or P,NAME=P,... per catalogue (default "
                          f"{format_time_powers(DEFAULT_TIME_POWERS)}, chosen on validation)")
+    ap.add_argument("--weight-decay", type=per_catalogue_arg("weight decay", positive=False,
+                                                             rest=0.0),
+                    default={"*": 0.0},
+                    help="AdamW weight decay, one for all or W,NAME=W,... (default 0)")
+    ap.add_argument("--data-noise", type=per_catalogue_arg("data noise", positive=False,
+                                                           rest=0.0),
+                    default={"*": 0.0},
+                    help="train on training points moved by geodesic Gaussian noise of this "
+                         "scale in radians (a kernel smoothing of the data, against "
+                         "overfitting); one for all or E,NAME=E,... (default 0)")
     ap.add_argument("--marginal-target", type=_common.marginal_target_arg, default=384,
                     help="N: regress on the marginal velocity of the batch plus N more "
                          "reference draws (fit(marginal_target=N)); 'all': of the whole "
@@ -441,7 +486,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "fourier_scale": args.fourier_scale, "hidden": hidden, "layers": layers,
                 "steps": steps, "batch": batch, "lr": args.lr, "marginal": marginal,
                 "on_validation": args.on_validation, "likelihood": likelihood,
-                "time_power": args.time_power,
+                "time_power": args.time_power, "weight_decay": args.weight_decay,
+                "data_noise": args.data_noise,
                 "plot": args.plot is not None, "quick": args.quick, "threads": args.threads,
                 "models": str(args.load_models or args.save_models or ""),
                 "load_models": args.load_models is not None}
@@ -518,13 +564,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  discretisation check ({n}, seed 0): {likelihood} → {a:.4f}, "
               f"{likelihood.refined()} → {b:.4f}")
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0 + worker_cpu
-    feat_note = (f"[x, sin/cos of {fourier} random Fourier features, σ={args.fourier_scale:g}]"
+    feat_note = (f"[x, sin/cos of {fourier} random Fourier features, σ "
+                 f"{format_per_catalogue(args.fourier_scale)}]"
                  if fourier else "raw x")
     print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP on {feat_note}, {steps} "
           f"steps of batch "
           f"{batch}, {_common.describe_marginal_target(marginal)}, AdamW lr {args.lr:g} "
-          f"cosine, EMA min(0.999, 1 − 10/steps), t = 1 − (1 − u)^P with P "
-          f"{format_time_powers(args.time_power)}; likelihood "
+          f"cosine, weight decay {format_per_catalogue(args.weight_decay)}, data noise "
+          f"{format_per_catalogue(args.data_noise)} rad, EMA min(0.999, 1 − 10/steps), "
+          f"t = 1 − (1 − u)^P with P {format_time_powers(args.time_power)}; likelihood "
           f"{likelihood}; total wall {wall:.0f}s, CPU {cpu:.0f}s)")
 
     if args.plot is not None and maps:
@@ -548,11 +596,14 @@ def main(argv: list[str] | None = None) -> dict:
                              "unit": "nats", "better": "lower"})
     config = {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
               "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
-              "lr": args.lr, "fourier_features": fourier, "fourier_scale": args.fourier_scale,
+              "lr": args.lr, "fourier_features": fourier,
+              "fourier_scale": format_per_catalogue(args.fourier_scale),
               "marginal_target": marginal, "jobs": args.jobs,
               "loaded_models": str(args.load_models) if args.load_models else None,
               "likelihood": str(likelihood),
               "time_power": format_time_powers(args.time_power),
+              "weight_decay": format_per_catalogue(args.weight_decay),
+              "data_noise": format_per_catalogue(args.data_noise),
               "split": "seeded random 80/10/10 (flowmatch.data.earth.seeded_split)",
               "flow_scored_on": "validation" if args.on_validation else "test",
               "wall_s": wall, "cpu_s": cpu,
