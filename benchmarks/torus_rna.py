@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--time-power", type=float, default=1.0,
                     help="train on times t = 1 − (1 − u)^P (KumaraswamyTime(1, 1/P)); 1: uniform")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    ap.add_argument("--data-noise", type=float, default=0.0,
+                    help="train on training points moved by Gaussian noise of this scale "
+                         "(radians, every angle; a kernel smoothing against overfitting)")
     ap.add_argument("--on-validation", action="store_true",
                     help="score the flow on the validation split (for choosing a recipe)")
     ap.add_argument("--marginal-target", type=_common.marginal_target_arg, default=None,
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         field, c = train_flow(g, x[tr], hidden=hidden, layers=layers, steps=steps, batch=batch,
                               lr=args.lr, seed=seed, features=feats, in_dim=feats.out_dim,
                               out_dim=7, marginal_target=marginal, time_power=args.time_power,
-                              weight_decay=args.weight_decay)
+                              weight_decay=args.weight_decay, data_noise=args.data_noise)
         cpu += c
         scored = x[va] if args.on_validation else x[te]
         flow.append(float(flow_nll(g, field, scored, likelihood).mean()))
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
                  if fourier else "(cos, sin) features")
     print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP on {feat_note}, "
           f"{steps} steps of batch {batch}, {_common.describe_marginal_target(marginal)}, "
-          f"AdamW lr {args.lr:g} cosine, weight decay {args.weight_decay:g}, "
+          f"AdamW lr {args.lr:g} cosine, weight decay {args.weight_decay:g}, data noise "
+          f"{args.data_noise:g} rad, "
           f"t = 1 − (1 − u)^{args.time_power:g}; likelihood "
           f"{likelihood}; training {cpu:.0f} CPU s over {args.seeds} "
           f"seeds; total wall {wall:.0f}s, CPU {cpu_all:.0f}s)")
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
               "lr": args.lr, "fourier_features": fourier, "fourier_scale": args.fourier_scale,
               "marginal_target": marginal,
               "likelihood": str(likelihood), "time_power": args.time_power,
-              "weight_decay": args.weight_decay,
+              "weight_decay": args.weight_decay, "data_noise": args.data_noise,
               "flow_scored_on": "validation" if args.on_validation else "test",
               "kde_kappas": kappas, "wall_s": wall, "cpu_s": cpu_all,
               "discretisation_check": check}
