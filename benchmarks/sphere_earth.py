@@ -92,6 +92,7 @@ from flowmatch.geometry.base import Geometry
 from flowmatch.geometry.sphere import Sphere
 from flowmatch.models.embedding import SinusoidalTimeEmbedding
 from flowmatch.models.features import RandomFourierFeatures
+from flowmatch.models.resnet import ResidualMLP
 from flowmatch.models.wrappers import TangentProjected
 from flowmatch.paths.geodesic import GeodesicPath
 from flowmatch.solvers.riemannian import RiemannianODESolver
@@ -275,17 +276,30 @@ def vmf_kde_baseline(train: Tensor, val: Tensor, test: Tensor) -> tuple[float, f
 
 
 def build_field(geometry: Geometry, in_dim: int, out_dim: int, *, hidden: int, layers: int,
-                features=None) -> nn.Module:
-    """The benchmark's velocity field: an :class:`AmbientField` made tangent to ``geometry``."""
-    return TangentProjected(AmbientField(in_dim, out_dim, hidden=hidden, layers=layers,
-                                         features=features), geometry)
+                features=None, blocks: int = 0) -> nn.Module:
+    """The benchmark's velocity field made tangent to ``geometry``: an :class:`AmbientField`
+    of ``layers`` hidden layers, or with ``blocks`` > 0 a :class:`ResidualMLP` of that many
+    residual blocks (the same time embedding, fed to every block)."""
+    if blocks:
+        net = ResidualMLP(in_dim, out_dim, hidden=hidden, blocks=blocks, features=features,
+                          time_embed_dim=32, time_scale=20.0, max_period=100.0)
+    else:
+        net = AmbientField(in_dim, out_dim, hidden=hidden, layers=layers, features=features)
+    return TangentProjected(net, geometry)
+
+
+def describe_model(hidden: int, layers: int, blocks: int) -> str:
+    if blocks:
+        return f"ResidualMLP of {blocks} blocks × {hidden}"
+    return f"{layers}×{hidden} SiLU MLP"
 
 
 # -- one run ----------------------------------------------------------------------------------
 def train_flow(geometry: Geometry, train: Tensor, *, hidden: int, layers: int, steps: int,
                batch: int, lr: float, seed: int, features=None, in_dim=None,
                out_dim=None, marginal_target=None, time_power: float = 1.0,
-               weight_decay: float = 0.0, data_noise: float = 0.0) -> tuple[nn.Module, float]:
+               weight_decay: float = 0.0, data_noise: float = 0.0,
+               blocks: int = 0) -> tuple[nn.Module, float]:
     """Riemannian CFM on the geodesic CondOT path; returns (EMA field, CPU seconds).
 
     ``data_noise`` ε > 0 trains on x1 = exp_y(ε P_y ξ), ξ ~ N(0, I) ambient, for training points
@@ -296,7 +310,7 @@ def train_flow(geometry: Geometry, train: Tensor, *, hidden: int, layers: int, s
     torch.manual_seed(seed)
     d = train.shape[-1]
     model = build_field(geometry, in_dim or d, out_dim or d, hidden=hidden, layers=layers,
-                        features=features)
+                        features=features, blocks=blocks)
     cpu0 = time.process_time()
 
     def sample_data(n: int, gen: torch.Generator) -> Tensor:
@@ -382,16 +396,18 @@ def run_one(name: str, seed: int, cfg: dict) -> dict:
     fourier = cfg["fourier"]
     scale = for_catalogue(cfg["fourier_scale"], name)
     feats = RandomFourierFeatures(3, fourier, scale) if fourier else None
-    arch = {"hidden": cfg["hidden"], "layers": cfg["layers"], "fourier": fourier,
-            "fourier_scale": scale}
+    arch = {"hidden": cfg["hidden"], "layers": cfg["layers"], "blocks": cfg["blocks"],
+            "fourier": fourier, "fourier_scale": scale}
     saved = Path(cfg["models"]) / f"{name}_seed{seed}.pt" if cfg["models"] else None
     if saved is not None and cfg["load_models"]:
         # score a field trained by an earlier --save-models run instead of training one
         state = load_checkpoint(saved)
-        if state["arch"] != arch:
+        # fields saved before --blocks existed are plain MLPs
+        if {"blocks": 0, **state["arch"]} != arch:
             raise ValueError(f"{saved} holds a {state['arch']} field, this run asks for {arch}")
         field = build_field(g, feats.out_dim if feats is not None else 3, 3,
-                            hidden=cfg["hidden"], layers=cfg["layers"], features=feats)
+                            hidden=cfg["hidden"], layers=cfg["layers"], features=feats,
+                            blocks=cfg["blocks"])
         field.load_state_dict(state["field"])
         field.eval().requires_grad_(False)
         c = 0.0
@@ -402,7 +418,8 @@ def run_one(name: str, seed: int, cfg: dict) -> dict:
                               marginal_target=cfg["marginal"],
                               time_power=for_catalogue(cfg["time_power"], name),
                               weight_decay=for_catalogue(cfg["weight_decay"], name),
-                              data_noise=for_catalogue(cfg["data_noise"], name))
+                              data_noise=for_catalogue(cfg["data_noise"], name),
+                              blocks=cfg["blocks"])
         if saved is not None:
             save_checkpoint(saved, {"arch": arch, "field": field.state_dict()})
     scored = x[va] if cfg["on_validation"] else x[te]
@@ -434,6 +451,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--blocks", type=int, default=0,
+                    help="residual blocks of a ResidualMLP (time fed to every block; --layers "
+                         "is then unused); 0: the plain MLP of --layers hidden layers")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--fourier", type=int, default=None,
@@ -496,6 +516,7 @@ def main(argv: list[str] | None = None) -> dict:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     settings = {"earth_dir": str(earth_dir), "fourier": fourier,
                 "fourier_scale": args.fourier_scale, "hidden": hidden, "layers": layers,
+                "blocks": args.blocks,
                 "steps": steps, "batch": batch, "lr": args.lr, "marginal": marginal,
                 "on_validation": args.on_validation, "likelihood": likelihood,
                 "time_power": args.time_power, "weight_decay": args.weight_decay,
@@ -579,7 +600,8 @@ def main(argv: list[str] | None = None) -> dict:
     feat_note = (f"[x, sin/cos of {fourier} random Fourier features, σ "
                  f"{format_per_catalogue(args.fourier_scale)}]"
                  if fourier else "raw x")
-    print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP on {feat_note}, {steps} "
+    print(f"(threads {args.threads}; model {describe_model(hidden, layers, args.blocks)} on "
+          f"{feat_note}, {steps} "
           f"steps of batch "
           f"{batch}, {_common.describe_marginal_target(marginal)}, AdamW lr {args.lr:g} "
           f"cosine, weight decay {format_per_catalogue(args.weight_decay)}, data noise "
@@ -607,7 +629,8 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append({"system": system, "metric": f"test NLL {n}", "value": vals[n],
                              "unit": "nats", "better": "lower"})
     config = {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
-              "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
+              "steps": steps, "hidden": hidden, "layers": layers, "blocks": args.blocks,
+              "batch": batch,
               "lr": args.lr, "fourier_features": fourier,
               "fourier_scale": format_per_catalogue(args.fourier_scale),
               "marginal_target": marginal, "jobs": args.jobs,

@@ -25,6 +25,7 @@ import _common  # noqa: E402  (first: sets OMP_WAIT_POLICY before torch loads Op
 import torch  # noqa: E402
 from sphere_earth import (  # noqa: E402
     _common_likelihood_args,
+    describe_model,
     flow_nll,
     likelihood_from_args,
     train_flow,
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--blocks", type=int, default=None,
+                    help="residual blocks of a ResidualMLP (time fed to every block; --layers "
+                         "is then unused); 0: the plain MLP of --layers hidden layers")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--fourier", type=int, default=None,
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps = args.steps or (400 if args.quick else 8000)
     hidden = args.hidden or (128 if args.quick else 256)
     layers = args.layers or (3 if args.quick else 4)
+    blocks = args.blocks if args.blocks is not None else 0
     batch = args.batch or (256 if args.quick else 512)
     likelihood = likelihood_from_args(args)
     fourier = args.fourier if args.fourier is not None else (32 if args.quick else 128)
@@ -114,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         field, c = train_flow(g, x[tr], hidden=hidden, layers=layers, steps=steps, batch=batch,
                               lr=args.lr, seed=seed, features=feats, in_dim=feats.out_dim,
                               out_dim=7, marginal_target=marginal, time_power=args.time_power,
-                              weight_decay=args.weight_decay, data_noise=args.data_noise)
+                              weight_decay=args.weight_decay, data_noise=args.data_noise,
+                              blocks=blocks)
         cpu += c
         scored = x[va] if args.on_validation else x[te]
         flow.append(float(flow_nll(g, field, scored, likelihood).mean()))
@@ -148,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{check['refined']} → {check['nll_refined']:.4f}")
     feat_note = (f"(cos, sin) + {fourier} integer Fourier features σ={args.fourier_scale:g}"
                  if fourier else "(cos, sin) features")
-    print(f"(threads {args.threads}; model {layers}×{hidden} SiLU MLP on {feat_note}, "
+    print(f"(threads {args.threads}; model {describe_model(hidden, layers, blocks)} on "
+          f"{feat_note}, "
           f"{steps} steps of batch {batch}, {_common.describe_marginal_target(marginal)}, "
           f"AdamW lr {args.lr:g} cosine, weight decay {args.weight_decay:g}, data noise "
           f"{args.data_noise:g} rad, "
@@ -167,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     ] + [{"system": s, "metric": "test NLL rna", "value": v, "unit": "nats", "better": "lower"}
          for s, v in PUBLISHED.items()]
     config = {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
-              "steps": steps, "hidden": hidden, "layers": layers, "batch": batch,
+              "steps": steps, "hidden": hidden, "layers": layers, "blocks": blocks,
+              "batch": batch,
               "lr": args.lr, "fourier_features": fourier, "fourier_scale": args.fourier_scale,
               "marginal_target": marginal,
               "likelihood": str(likelihood), "time_power": args.time_power,

@@ -10,13 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from flowmatch.geometry import Euclidean, as_geometry
+from flowmatch.geometry import Euclidean, FlatTorus, as_geometry
 from flowmatch.models import (
     MLP,
     ClassifierFreeGuidance,
     PredictionConverter,
+    ResidualMLP,
     SinusoidalTimeEmbedding,
     TangentProjected,
+    TimeResidualBlock,
+    TorusFourierFeatures,
     drop_condition,
 )
 from flowmatch.paths import AffinePath, CondOTPath, CosineScheduler, VPScheduler
@@ -109,6 +112,98 @@ def test_mlp_vector_conditioning_null_is_zero():
     torch.testing.assert_close(model(x, t), model(x, t, cond=torch.zeros(4, 3)))
     with pytest.raises(ValueError, match=r"cond must have shape \[B, cond_dim\]"):
         model(x, t, cond=torch.zeros(4, 2))
+
+
+# -- residual MLP -----------------------------------------------------------------------------
+def test_residual_mlp_shapes_scalar_time_and_no_batch_mixing():
+    model = ResidualMLP(4, 3, hidden=16, blocks=3)
+    assert len(model.blocks) == 3 and model.out.out_features == 3
+    x, t = torch.randn(5, 4), torch.rand(5)
+    assert model(x, t).shape == (5, 3)
+    assert ResidualMLP(4, hidden=8, blocks=1)(x, t).shape == (5, 4)  # out_dim defaults to in_dim
+    torch.testing.assert_close(model(x, torch.tensor(0.4)), model(x, torch.full((5,), 0.4)))
+    torch.testing.assert_close(model(x, 0.4), model(x, torch.full((5,), 0.4)))
+    torch.testing.assert_close(model(x[:2], t[:2]), model(x, t)[:2])
+
+
+def test_time_residual_block_is_the_identity_plus_its_branch():
+    torch.manual_seed(0)
+    block = TimeResidualBlock(6, 4)
+    h, e = torch.randn(3, 6), torch.randn(3, 4)
+    branch = block.outer(nn.functional.silu(block.inner(nn.functional.silu(h)) + block.time(e)))
+    torch.testing.assert_close(block(h, e), h + branch)
+    with torch.no_grad():
+        block.outer.weight.zero_()
+        block.outer.bias.zero_()
+    torch.testing.assert_close(block(h, e), h)  # a zeroed branch passes h through unchanged
+
+
+def test_residual_mlp_feeds_time_to_every_block():
+    torch.manual_seed(0)
+    model = ResidualMLP(2, hidden=8, blocks=2)
+    x = torch.randn(4, 2)
+    t = torch.rand(4, requires_grad=True)
+    model(x, t).sum().backward()
+    for block in model.blocks:
+        assert block.time.weight.grad is not None and block.time.weight.grad.abs().sum() > 0
+    assert torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0  # f is differentiable in t
+
+
+def test_residual_mlp_on_periodic_features_is_a_field_on_the_torus():
+    torch.manual_seed(0)
+    feats = TorusFourierFeatures(3, 8, 2.0)
+    model = TangentProjected(ResidualMLP(feats.out_dim, 3, hidden=16, blocks=2, features=feats),
+                             FlatTorus(3))
+    x, t = torch.rand(6, 3) * 2 * math.pi, torch.rand(6)
+    shift = 2 * math.pi * torch.randint(-2, 3, (6, 3)).float()
+    # integer-frequency features: θ and θ + 2π m give the same velocity
+    torch.testing.assert_close(model(x + shift, t), model(x, t), atol=1e-4, rtol=1e-4)
+
+
+def test_residual_mlp_rejects_bad_arguments_and_shapes():
+    for kwargs in ({"hidden": 0}, {"blocks": 0}, {"time_embed_dim": 0}, {"blocks": True}):
+        with pytest.raises(ValueError):
+            ResidualMLP(3, **kwargs)
+    model = ResidualMLP(3, hidden=8, blocks=1)
+    with pytest.raises(ValueError, match=r"x must have shape \[B, in_dim\] = \[2, 3\]"):
+        model(torch.randn(2, 4), torch.rand(2))
+    with pytest.raises(ValueError, match="t must be a scalar or of shape"):
+        model(torch.randn(2, 3), torch.rand(3))
+    feats = TorusFourierFeatures(2, 4)
+    with pytest.raises(ValueError, match=r"features\(x\) must have shape"):
+        ResidualMLP(5, hidden=8, blocks=1, features=feats)(torch.rand(2, 2), torch.rand(2))
+
+
+def test_residual_mlp_learns_a_concentrated_law_on_the_torus():
+    """A short Riemannian CFM run moves uniform noise on T² onto a bump of radius ≈ 0.2."""
+    from flowmatch.paths import GeodesicPath
+    from flowmatch.solvers import RiemannianODESolver
+    from flowmatch.training import fit
+
+    g = FlatTorus(2)
+    centre = torch.tensor([1.0, 4.0])
+
+    def data(n: int, gen: torch.Generator) -> torch.Tensor:
+        return g.projx(centre + 0.2 * torch.randn(n, 2, generator=gen))
+
+    torch.manual_seed(0)
+    feats = TorusFourierFeatures(2)
+    model = TangentProjected(ResidualMLP(feats.out_dim, 2, hidden=32, blocks=2,
+                                         features=feats), g)
+    x0 = g.sample_base((512,), generator=torch.Generator().manual_seed(1))
+
+    def spread(field: nn.Module) -> float:
+        with torch.no_grad():
+            x1 = RiemannianODESolver(field, g).sample(x0, method="midpoint", num_steps=20)
+        return float(g.dist(x1, centre.expand_as(x1)).mean())
+
+    before = spread(model)
+    result = fit(model, data, GeodesicPath(g), g, steps=1000, batch_size=128, lr=3e-3, seed=0,
+                 ema_decay=None, progress=False)
+    after = spread(result.model)
+    # uniform points lie ≈ 2.3 from the centre on average, the target's 0.2 √(π/2) ≈ 0.25;
+    # measured: 2.46 before, 0.30 after
+    assert before > 1.8 and after < 0.4, (before, after)
 
 
 # -- classifier-free guidance -----------------------------------------------------------------

@@ -15,10 +15,12 @@ from flowmatch.models.embedding import SinusoidalTimeEmbedding
 from flowmatch.models.features import RandomFourierFeatures, TorusFourierFeatures
 from flowmatch.models.guidance import ClassifierFreeGuidance, drop_condition
 from flowmatch.models.mlp import MLP
+from flowmatch.models.resnet import ResidualMLP, TimeResidualBlock
 from flowmatch.models.wrappers import PredictionConverter, TangentProjected
 
 __all__ = [
-    "MLP", "SinusoidalTimeEmbedding", "ClassifierFreeGuidance", "drop_condition",
+    "MLP", "ResidualMLP", "TimeResidualBlock", "SinusoidalTimeEmbedding",
+    "ClassifierFreeGuidance", "drop_condition",
     "PredictionConverter", "TangentProjected",
     "DiscreteMLP", "DiscreteTransformer", "DiscreteGuidance", "ExactPosterior",
     "RandomFourierFeatures", "TorusFourierFeatures",
