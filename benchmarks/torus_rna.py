@@ -5,7 +5,7 @@
 Seeded random 80/10/10 splits of the 9,478 nucleotides (flowmatch.data.earth.seeded_split),
 an MLP on (cos θ, sin θ) and integer-frequency Fourier features
 (flowmatch.models.TorusFourierFeatures) trained by Riemannian CFM on the geodesic CondOT path
-of FlatTorus(7), and the exact test NLL from the Riemannian ODE likelihood (RK4, exact 7-term
+of FlatTorus(7), and the exact test NLL from the Riemannian ODE likelihood (dopri5, exact 7-term
 divergence) with the EMA weights. Beside it: a product-von-Mises kernel density estimate whose
 concentration is chosen on the validation split, the uniform density (7 log 2π ≈ 12.86) and the
 published Riemannian flow matching number. NLLs are in nats w.r.t. the flat volume of
@@ -15,6 +15,7 @@ published Riemannian flow matching number. NLLs are in nats w.r.t. the flat volu
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,39 @@ def von_mises_kde_baseline(train: Tensor, val: Tensor, test: Tensor) -> tuple[fl
     return float(von_mises_kde_nll(train, test, grid[best]).mean()), grid[best]
 
 
+def run_seed(seed: int, cfg: dict) -> dict:
+    """Train and score one seeded split; a module-level function so a pool can run it."""
+    cpu0 = time.process_time()
+    _common.set_threads(cfg["threads"])
+    x = load_rna(Path(cfg["path"]))
+    g = FlatTorus(7)
+    tr, va, te = seeded_split(x.shape[0], seed)
+    k_nll, k = von_mises_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
+    # (cos θ, sin θ) of every angle plus `fourier` integer frequencies k·θ that mix several
+    # torsions (the per-angle pair does not); drawn from their own generator (seed 0), so
+    # every seed sees the same features
+    feats = TorusFourierFeatures(7, cfg["fourier"], cfg["fourier_scale"])
+    field, c = train_flow(g, x[tr], hidden=cfg["hidden"], layers=cfg["layers"],
+                          steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"], seed=seed,
+                          features=feats, in_dim=feats.out_dim, out_dim=7,
+                          marginal_target=cfg["marginal"], time_power=cfg["time_power"],
+                          weight_decay=cfg["weight_decay"], data_noise=cfg["data_noise"],
+                          blocks=cfg["blocks"])
+    scored = x[va] if cfg["on_validation"] else x[te]
+    likelihood = cfg["likelihood"]
+    flow = float(flow_nll(g, field, scored, likelihood).mean())
+    out = {"flow": flow, "kde": k_nll, "kappa": k, "train_cpu_s": c}
+    if seed == 0:
+        # discretisation check: the same model and points, integrated more finely
+        fine = float(flow_nll(g, field, scored, likelihood.refined()).mean())
+        out["check"] = {"likelihood": str(likelihood), "nll": flow,
+                        "refined": str(likelihood.refined()), "nll_refined": fine}
+    print(f"  seed {seed}: flow {flow:.3f}  von Mises KDE {k_nll:.3f} (κ={k:.3g})  "
+          f"train CPU {c:.0f}s", flush=True)
+    out["cpu_s"] = time.process_time() - cpu0
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = _common.benchmark_parser(__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -89,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="N: regress on the marginal velocity of the batch plus N more "
                          "reference draws (fit(marginal_target=N)); 'all': of the whole "
                          "training split; 'none': conditional targets")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="worker processes, one seed each at a time (each with --threads "
+                         "threads)")
     args = ap.parse_args(argv)
 
     _common.set_threads(args.threads)
@@ -103,40 +140,37 @@ def main(argv: list[str] | None = None) -> dict:
     path = args.data_dir / "torus" / "rna.tsv"
     if not path.is_file():
         sys.exit(f"RNA data not found at {path} (pass --data-dir)")
-    x = load_rna(path)
-    g = FlatTorus(7)
+    settings = {"path": str(path), "hidden": hidden, "layers": layers, "blocks": blocks,
+                "steps": steps, "batch": batch, "lr": args.lr, "fourier": fourier,
+                "fourier_scale": args.fourier_scale, "marginal": marginal,
+                "time_power": args.time_power, "weight_decay": args.weight_decay,
+                "data_noise": args.data_noise, "on_validation": args.on_validation,
+                "likelihood": likelihood, "threads": args.threads}
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    flow, kde, kappas, cpu = [], [], [], 0.0
-    for seed in range(args.seeds):
-        tr, va, te = seeded_split(x.shape[0], seed)
-        k_nll, k = von_mises_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
-        kde.append(k_nll)
-        kappas.append(k)
-        # (cos θ, sin θ) of every angle plus `fourier` integer frequencies k·θ that mix
-        # several torsions (the per-angle pair does not); drawn from their own generator
-        # (seed 0), so every seed sees the same features
-        feats = TorusFourierFeatures(7, fourier, args.fourier_scale)
-        field, c = train_flow(g, x[tr], hidden=hidden, layers=layers, steps=steps, batch=batch,
-                              lr=args.lr, seed=seed, features=feats, in_dim=feats.out_dim,
-                              out_dim=7, marginal_target=marginal, time_power=args.time_power,
-                              weight_decay=args.weight_decay, data_noise=args.data_noise,
-                              blocks=blocks)
-        cpu += c
-        scored = x[va] if args.on_validation else x[te]
-        flow.append(float(flow_nll(g, field, scored, likelihood).mean()))
-        if seed == 0:
-            # discretisation check: the same model and points, integrated more finely
-            fine = float(flow_nll(g, field, scored, likelihood.refined()).mean())
-            check = {"likelihood": str(likelihood), "nll": flow[-1],
-                     "refined": str(likelihood.refined()), "nll_refined": fine}
-        print(f"  seed {seed}: flow {flow[-1]:.3f}  von Mises KDE {k_nll:.3f} (κ={k:.3g})  "
-              f"train CPU {c:.0f}s", flush=True)
+    if args.jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a forked child would inherit torch's OpenMP state
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_common.exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
+            runs = list(pool.map(run_seed, range(args.seeds), [settings] * args.seeds))
+    else:
+        runs = [run_seed(seed, settings) for seed in range(args.seeds)]
+    flow = [r["flow"] for r in runs]
+    kde = [r["kde"] for r in runs]
+    kappas = [r["kappa"] for r in runs]
+    cpu = sum(r["train_cpu_s"] for r in runs)
+    worker_cpu = sum(r["cpu_s"] for r in runs) if args.jobs > 1 else 0.0
+    check = runs[0]["check"]
     ft, kt = torch.tensor(flow), torch.tensor(kde)
 
     def sd(v: Tensor) -> float:
         return float(v.std()) if v.numel() > 1 else 0.0
 
-    wall, cpu_all = time.perf_counter() - wall0, time.process_time() - cpu0
+    wall = time.perf_counter() - wall0
+    cpu_all = time.process_time() - cpu0 + worker_cpu
 
     print(f"\nRNA on T⁷: test NLL (nats, lower is better), mean ± std over {args.seeds} seeded "
           "80/10/10 splits")
@@ -161,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.data_noise:g} rad, "
           f"t = 1 − (1 − u)^{args.time_power:g}; likelihood "
           f"{likelihood}; training {cpu:.0f} CPU s over {args.seeds} "
-          f"seeds; total wall {wall:.0f}s, CPU {cpu_all:.0f}s)")
+          f"seeds; {args.jobs} job(s); total wall {wall:.0f}s, CPU {cpu_all:.0f}s)")
 
     scored_on = "validation" if args.on_validation else "test"
     rows = [
@@ -173,9 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
          "unit": "nats", "better": "lower"},
     ] + [{"system": s, "metric": "test NLL rna", "value": v, "unit": "nats", "better": "lower"}
          for s, v in PUBLISHED.items()]
-    config = {"quick": args.quick, "threads": args.threads, "seeds": args.seeds,
-              "steps": steps, "hidden": hidden, "layers": layers, "blocks": blocks,
-              "batch": batch,
+    config = {"quick": args.quick, "threads": args.threads, "jobs": args.jobs,
+              "seeds": args.seeds, "steps": steps, "hidden": hidden, "layers": layers,
+              "blocks": blocks, "batch": batch,
               "lr": args.lr, "fourier_features": fourier, "fourier_scale": args.fourier_scale,
               "marginal_target": marginal,
               "likelihood": str(likelihood), "time_power": args.time_power,
