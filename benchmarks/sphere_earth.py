@@ -61,6 +61,9 @@ Until session 5 the recipe was scored with RK4 × 25, which flatters sharp model
   P = 2 −0.096, noise 0.005 −0.074: none better by more than 0.013 on one seed.
   (These runs drew the noise as P_y(ε ξ); it is now ε P_y ξ via ``Geometry.random_tangent``,
   which differs by rounding and moved the 90,000-step flood test NLLs by up to 0.035 per seed.)
+* Residual fields (session 7, earthquake as above): ``--blocks 2`` −0.071, ``--blocks 6``
+  +0.018 (a scratch copy of the same blocks) against the plain MLP's −0.083, so the earth
+  catalogues keep the plain MLP (``--blocks 0``, the default), unlike RNA on T⁷.
 
 The catalogues repeat locations (volcano: 827 events at 267 distinct places), so test events
 often coincide with training events; a model can lower the volcano NLL without bound by putting
