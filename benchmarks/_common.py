@@ -88,6 +88,23 @@ def exit_with_parent(parent_pid: int, poll_s: float = 2.0) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def run_tasks(fn, tasks: list[tuple], jobs: int) -> list:
+    """``[fn(*task) for task in tasks]``, in ``jobs`` worker processes when ``jobs`` > 1.
+
+    ``fn`` must be a module-level function (the workers import it). The workers are spawned, not
+    forked (a forked child would inherit torch's OpenMP state), and end with their parent.
+    """
+    if jobs <= 1:
+        return [fn(*task) for task in tasks]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
+                             initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+        futures = [pool.submit(fn, *task) for task in tasks]
+        return [future.result() for future in futures]
+
+
 def load_average() -> float:
     """The 1-minute load average of the machine (how busy the shared cores were)."""
     return os.getloadavg()[0]

@@ -73,7 +73,6 @@ point masses on the training locations. Numbers on volcano are reported with tha
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -530,21 +529,8 @@ def main(argv: list[str] | None = None) -> dict:
     # the costliest catalogue first, so a pool of workers finishes together
     tasks = sorted(((name, seed) for name in args.datasets for seed in range(args.seeds)),
                    key=lambda task: -EARTH_SIZES.get(task[0], 0))
-    done = {}
-    if args.jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: a forked child would inherit torch's OpenMP state
-        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"),
-                                 initializer=_common.exit_with_parent,
-                                 initargs=(os.getpid(),)) as pool:
-            futures = {task: pool.submit(run_one, task[0], task[1], settings) for task in tasks}
-            for task, future in futures.items():
-                done[task] = future.result()
-    else:
-        for task in tasks:
-            done[task] = run_one(task[0], task[1], settings)
+    done = dict(zip(tasks, _common.run_tasks(run_one, [(*task, settings) for task in tasks],
+                                             args.jobs), strict=True))
     results: dict[str, dict] = {}
     maps, test_points, checks = {}, {}, {}
     worker_cpu = 0.0

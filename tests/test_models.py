@@ -167,7 +167,7 @@ def test_residual_mlp_rejects_bad_arguments_and_shapes():
     model = ResidualMLP(3, hidden=8, blocks=1)
     with pytest.raises(ValueError, match=r"x must have shape \[B, in_dim\] = \[2, 3\]"):
         model(torch.randn(2, 4), torch.rand(2))
-    with pytest.raises(ValueError, match="t must be a scalar or of shape"):
+    with pytest.raises(ValueError, match="time has 3 entries but the data has batch size 2"):
         model(torch.randn(2, 3), torch.rand(3))
     feats = TorusFourierFeatures(2, 4)
     with pytest.raises(ValueError, match=r"features\(x\) must have shape"):

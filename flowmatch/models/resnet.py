@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from flowmatch._validation import expand_time_like
 from flowmatch.models.embedding import SinusoidalTimeEmbedding
 
 
@@ -67,14 +68,8 @@ class ResidualMLP(nn.Module):
         self.out = nn.Linear(hidden, out_dim)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        if not torch.is_tensor(t):
-            t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        batch = x.shape[0] if x.dim() else 0
-        if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, batch)):
-            raise ValueError(f"t must be a scalar or of shape [B] = [{batch}], got shape "
-                             f"{tuple(t.shape)}")
-        if t.dim() == 0 or t.shape[0] != batch:
-            t = t.reshape(1).expand(batch)
+        batch = x.shape[0]
+        t = expand_time_like(t, x).reshape(-1).expand(batch)
         h = x if self.features is None else self.features(x)
         if h.dim() != 2 or h.shape[-1] != self.in_dim:
             what = "x" if self.features is None else "features(x)"
