@@ -71,6 +71,31 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def add_mixture_arg(ap: argparse.ArgumentParser) -> None:
+    """``--mixture K``: also score the equal-weight mixture of K fields per split."""
+    ap.add_argument("--mixture", type=int, default=1,
+                    help="K > 1: also train K − 1 more fields per split (training seeds "
+                         "s + 1000 k) and score the mixture density (1/K) Σ_k p_k beside the "
+                         "single field (member k = 0)")
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Training seed (initialisation and draws) of mixture member ``member`` on split ``seed``:
+    member 0 is the single field, trained with the split's own seed."""
+    return seed + 1000 * member
+
+
+def mixture_nll(nll):
+    """−log((1/K) Σ_k p_k(x)) from the members' per-point NLLs [K, N]: the NLL of the
+    equal-weight mixture of K densities (sampled by picking a member uniformly, then flowing
+    its noise)."""
+    import math
+
+    import torch
+
+    return math.log(nll.shape[0]) - torch.logsumexp(-nll, dim=0)
+
+
 def exit_with_parent(parent_pid: int, poll_s: float = 2.0) -> None:
     """Pool-worker initializer: end this process once ``parent_pid`` is gone.
 

@@ -1,7 +1,7 @@
 """Riemannian flow matching on the earth-science catalogues (S²): test NLL beside the literature.
 
     python benchmarks/sphere_earth.py [--quick] [--json PATH] [--data-dir DIR] [--plot PATH]
-                                      [--jobs 2]
+                                      [--jobs 2] [--mixture K]
 
 For each catalogue (volcano, earthquake, flood, fire) and each seed: a seeded random 80/10/10
 split (flowmatch.data.earth.seeded_split), a tangent-projected MLP on x and random Fourier
@@ -383,14 +383,24 @@ def plot_maps(maps: dict, data: dict, path: Path) -> None:
 EARTH_SIZES = {"volcano": 827, "earthquake": 6120, "flood": 4875, "fire": 12809}
 
 
-def run_one(name: str, seed: int, cfg: dict) -> dict:
-    """Train and score one (catalogue, seed); a module-level function so a pool can run it."""
+def member_file(models: Path, name: str, seed: int, member: int) -> Path:
+    suffix = "" if member == 0 else f"_member{member}"
+    return models / f"{name}_seed{seed}{suffix}.pt"
+
+
+def run_one(name: str, seed: int, member: int, cfg: dict) -> dict:
+    """Train and score one (catalogue, seed, mixture member); module-level so a pool can run it.
+
+    Returns the per-point NLLs of the scored split (``"nll"``), so that the parent can score
+    the mixture of members; the KDE, the discretisation check and the map come from member 0.
+    """
     cpu0 = time.process_time()
     _common.set_threads(cfg["threads"])
     g = Sphere(3)
     x = load_earth(earth_path(Path(cfg["earth_dir"]), name))
     tr, va, te = seeded_split(x.shape[0], seed)
-    k_nll, k = vmf_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
+    k_nll, k = (vmf_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
+                if member == 0 else (float("nan"), float("nan")))
     # An MLP on the raw R³ coordinates is biased towards slowly varying functions, so its
     # density stays smoother than the catalogues (concentrated along coasts and plate
     # boundaries); plane waves of wavelength ≈ 2π/σ let the first layer resolve them. The
@@ -400,7 +410,7 @@ def run_one(name: str, seed: int, cfg: dict) -> dict:
     feats = RandomFourierFeatures(3, fourier, scale) if fourier else None
     arch = {"hidden": cfg["hidden"], "layers": cfg["layers"], "blocks": cfg["blocks"],
             "fourier": fourier, "fourier_scale": scale}
-    saved = Path(cfg["models"]) / f"{name}_seed{seed}.pt" if cfg["models"] else None
+    saved = member_file(Path(cfg["models"]), name, seed, member) if cfg["models"] else None
     if saved is not None and cfg["load_models"]:
         # score a field trained by an earlier --save-models run instead of training one
         state = load_checkpoint(saved)
@@ -415,7 +425,8 @@ def run_one(name: str, seed: int, cfg: dict) -> dict:
         c = 0.0
     else:
         field, c = train_flow(g, x[tr], hidden=cfg["hidden"], layers=cfg["layers"],
-                              steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"], seed=seed,
+                              steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"],
+                              seed=_common.member_seed(seed, member),
                               features=feats, in_dim=feats.out_dim if feats is not None else 3,
                               marginal_target=cfg["marginal"],
                               time_power=for_catalogue(cfg["time_power"], name),
@@ -426,10 +437,11 @@ def run_one(name: str, seed: int, cfg: dict) -> dict:
             save_checkpoint(saved, {"arch": arch, "field": field.state_dict()})
     scored = x[va] if cfg["on_validation"] else x[te]
     likelihood = cfg["likelihood"]
-    flow = float(flow_nll(g, field, scored, likelihood).mean())
-    out = {"flow": flow, "kde": k_nll, "kappa": k, "train_cpu_s": c, "n": x.shape[0],
-           "distinct": int(torch.unique(x, dim=0).shape[0])}
-    if seed == 0:
+    nll = flow_nll(g, field, scored, likelihood)
+    flow = float(nll.mean())
+    out = {"flow": flow, "nll": nll, "kde": k_nll, "kappa": k, "train_cpu_s": c,
+           "n": x.shape[0], "distinct": int(torch.unique(x, dim=0).shape[0])}
+    if seed == 0 and member == 0:
         # discretisation check: the same model and points, integrated more finely
         out["check"] = (flow, float(flow_nll(g, field, scored, likelihood.refined()).mean()))
         if cfg["plot"]:
@@ -439,8 +451,12 @@ def run_one(name: str, seed: int, cfg: dict) -> dict:
             n_lat, n_lon = (24, 48) if cfg["quick"] else (45, 90)
             out["map"] = density_map(g, field, n_lat, n_lon, likelihood)
             out["test_points"] = unit_to_latlon(x[te].double())
-    print(f"  {name} seed {seed}: flow {flow:.3f}  vMF-KDE {k_nll:.3f} (κ={k:.3g})  "
-          f"train CPU {c:.0f}s", flush=True)
+    if member == 0:
+        print(f"  {name} seed {seed}: flow {flow:.3f}  vMF-KDE {k_nll:.3f} (κ={k:.3g})  "
+              f"train CPU {c:.0f}s", flush=True)
+    else:
+        print(f"  {name} seed {seed} member {member}: flow {flow:.3f}  train CPU {c:.0f}s",
+              flush=True)
     out["cpu_s"] = time.process_time() - cpu0
     return out
 
@@ -487,12 +503,14 @@ def main(argv: list[str] | None = None) -> dict:
                          "reference draws (fit(marginal_target=N)); 'all': of the whole "
                          "training split; 'none': conditional targets")
     ap.add_argument("--save-models", type=Path, default=None,
-                    help="write each trained field (EMA weights) to DIR/CATALOGUE_seedK.pt")
+                    help="write each trained field (EMA weights) to DIR/CATALOGUE_seedK.pt "
+                         "(mixture members k > 0: CATALOGUE_seedK_memberk.pt)")
     ap.add_argument("--load-models", type=Path, default=None,
                     help="score the fields a --save-models run wrote to DIR instead of training")
     ap.add_argument("--jobs", type=int, default=1,
                     help="worker processes, one (catalogue, seed) run each at a time (each "
                          "with --threads threads)")
+    _common.add_mixture_arg(ap)
     ap.add_argument("--on-validation", action="store_true",
                     help="score the flow on the validation split instead of the test split (for "
                          "choosing a recipe; the KDE row stays a test NLL)")
@@ -501,6 +519,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--save-models and --load-models exclude each other")
     if args.save_models is not None:
         args.save_models.mkdir(parents=True, exist_ok=True)
+    if args.mixture < 1:
+        ap.error("--mixture must be at least 1")
 
     _common.set_threads(args.threads)
     steps = args.steps or (250 if args.quick else 90000)
@@ -527,7 +547,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "models": str(args.load_models or args.save_models or ""),
                 "load_models": args.load_models is not None}
     # the costliest catalogue first, so a pool of workers finishes together
-    tasks = sorted(((name, seed) for name in args.datasets for seed in range(args.seeds)),
+    tasks = sorted(((name, seed, member) for name in args.datasets
+                    for seed in range(args.seeds) for member in range(args.mixture)),
                    key=lambda task: -EARTH_SIZES.get(task[0], 0))
     done = dict(zip(tasks, _common.run_tasks(run_one, [(*task, settings) for task in tasks],
                                              args.jobs), strict=True))
@@ -535,9 +556,14 @@ def main(argv: list[str] | None = None) -> dict:
     maps, test_points, checks = {}, {}, {}
     worker_cpu = 0.0
     for name in args.datasets:
-        runs = [done[(name, seed)] for seed in range(args.seeds)]
-        worker_cpu += sum(r["cpu_s"] for r in runs) if args.jobs > 1 else 0.0
+        runs = [done[(name, seed, 0)] for seed in range(args.seeds)]
+        members = [[done[(name, seed, m)] for m in range(args.mixture)]
+                   for seed in range(args.seeds)]
+        worker_cpu += (sum(r["cpu_s"] for split in members for r in split)
+                       if args.jobs > 1 else 0.0)
         flow = [r["flow"] for r in runs]
+        mix = [float(_common.mixture_nll(torch.stack([r["nll"] for r in split])).mean())
+               for split in members]
         kde = [r["kde"] for r in runs]
         if "check" in runs[0]:
             checks[name] = runs[0]["check"]
@@ -550,6 +576,10 @@ def main(argv: list[str] | None = None) -> dict:
             "kde_mean": float(kt.mean()), "kde_std": float(kt.std()) if len(kde) > 1 else 0.0,
             "kde_kappas": [r["kappa"] for r in runs],
             "train_cpu_s": sum(r["train_cpu_s"] for r in runs),
+            "mix_mean": float(torch.tensor(mix).mean()),
+            "mix_std": float(torch.tensor(mix).std()) if len(mix) > 1 else 0.0,
+            "mix_runs": mix,
+            "mix_train_cpu_s": sum(r["train_cpu_s"] for split in members for r in split),
         }
 
     # -- table --------------------------------------------------------------------------
@@ -568,6 +598,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'flowmatch RFM (this run)':58s}"
           + "".join(f"{fmt(results[n]['flow_mean'], results[n]['flow_std']):>16s}"
                     for n in names))
+    if args.mixture > 1:
+        print(f"{f'flowmatch RFM, mixture of {args.mixture} fields (this run)':58s}"
+              + "".join(f"{fmt(results[n]['mix_mean'], results[n]['mix_std']):>16s}"
+                        for n in names))
     print(f"{'vMF kernel density, κ on validation (this run)':58s}"
           + "".join(f"{fmt(results[n]['kde_mean'], results[n]['kde_std']):>16s}"
                     for n in names))
@@ -579,8 +613,11 @@ def main(argv: list[str] | None = None) -> dict:
     for n in names:
         r = results[n]
         note = f"  {n}: {r['n']} events at {r['distinct']} distinct locations"
-        print(note + f"; training {r['train_cpu_s']:.0f} CPU s ({r['train_cpu_s'] / 60:.1f} min) "
-                     f"over {args.seeds} seeds")
+        note += (f"; training {r['train_cpu_s']:.0f} CPU s ({r['train_cpu_s'] / 60:.1f} min) "
+                 f"over {args.seeds} seeds")
+        if args.mixture > 1:
+            note += f", the mixtures {r['mix_train_cpu_s']:.0f} CPU s"
+        print(note)
     for n in names:
         a, b = checks[n]
         print(f"  discretisation check ({n}, seed 0): {likelihood} → {a:.4f}, "
@@ -610,6 +647,13 @@ def main(argv: list[str] | None = None) -> dict:
                      "std": r["flow_std"], "runs": r["flow_runs"], "unit": "nats",
                      "better": "lower", "train_cpu_s": r["train_cpu_s"],
                      "note": f"{r['n']} events, {r['distinct']} distinct locations"})
+        if args.mixture > 1:
+            rows.append({"system": f"flowmatch: mixture of {args.mixture}",
+                         "metric": f"{scored} NLL {n}", "value": r["mix_mean"],
+                         "std": r["mix_std"], "runs": r["mix_runs"], "unit": "nats",
+                         "better": "lower", "train_cpu_s": r["mix_train_cpu_s"],
+                         "note": f"(1/{args.mixture}) Σ_k p_k of fields trained with seeds "
+                                 "s + 1000 k; the flowmatch row is its member k = 0"})
         rows.append({"system": "vMF KDE (κ on validation)", "metric": f"test NLL {n}",
                      "value": r["kde_mean"], "std": r["kde_std"], "unit": "nats",
                      "better": "lower"})
@@ -622,7 +666,7 @@ def main(argv: list[str] | None = None) -> dict:
               "batch": batch,
               "lr": args.lr, "fourier_features": fourier,
               "fourier_scale": format_per_catalogue(args.fourier_scale),
-              "marginal_target": marginal, "jobs": args.jobs,
+              "marginal_target": marginal, "jobs": args.jobs, "mixture": args.mixture,
               "loaded_models": str(args.load_models) if args.load_models else None,
               "likelihood": str(likelihood),
               "time_power": format_per_catalogue(args.time_power),

@@ -1,6 +1,7 @@
 """Riemannian flow matching on RNA torsion angles (the flat 7-torus): test NLL.
 
-    python benchmarks/torus_rna.py [--quick] [--json PATH] [--data-dir DIR]
+    python benchmarks/torus_rna.py [--quick] [--json PATH] [--data-dir DIR] [--jobs 2]
+                                   [--mixture K]
 
 Seeded random 80/10/10 splits of the 9,478 nucleotides (flowmatch.data.earth.seeded_split),
 a residual MLP (flowmatch.models.ResidualMLP, six blocks of width 256, the time fed to every
@@ -75,35 +76,43 @@ def von_mises_kde_baseline(train: Tensor, val: Tensor, test: Tensor) -> tuple[fl
     return float(von_mises_kde_nll(train, test, grid[best]).mean()), grid[best]
 
 
-def run_seed(seed: int, cfg: dict) -> dict:
-    """Train and score one seeded split; a module-level function so a pool can run it."""
+def run_seed(seed: int, member: int, cfg: dict) -> dict:
+    """Train and score one seeded split's mixture member (0: the single field); a module-level
+    function so a pool can run it. Returns the scored split's per-point NLLs as ``"nll"``;
+    the KDE and the discretisation check come from member 0."""
     cpu0 = time.process_time()
     _common.set_threads(cfg["threads"])
     x = load_rna(Path(cfg["path"]))
     g = FlatTorus(7)
     tr, va, te = seeded_split(x.shape[0], seed)
-    k_nll, k = von_mises_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
+    k_nll, k = (von_mises_kde_baseline(x[tr].double(), x[va].double(), x[te].double())
+                if member == 0 else (float("nan"), float("nan")))
     # (cos θ, sin θ) of every angle plus `fourier` integer frequencies k·θ that mix several
     # torsions (the per-angle pair does not); drawn from their own generator (seed 0), so
     # every seed sees the same features
     feats = TorusFourierFeatures(7, cfg["fourier"], cfg["fourier_scale"])
     field, c = train_flow(g, x[tr], hidden=cfg["hidden"], layers=cfg["layers"],
-                          steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"], seed=seed,
+                          steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"],
+                          seed=_common.member_seed(seed, member),
                           features=feats, in_dim=feats.out_dim, out_dim=7,
                           marginal_target=cfg["marginal"], time_power=cfg["time_power"],
                           weight_decay=cfg["weight_decay"], data_noise=cfg["data_noise"],
                           blocks=cfg["blocks"])
     scored = x[va] if cfg["on_validation"] else x[te]
     likelihood = cfg["likelihood"]
-    flow = float(flow_nll(g, field, scored, likelihood).mean())
-    out = {"flow": flow, "kde": k_nll, "kappa": k, "train_cpu_s": c}
-    if seed == 0:
+    nll = flow_nll(g, field, scored, likelihood)
+    flow = float(nll.mean())
+    out = {"flow": flow, "nll": nll, "kde": k_nll, "kappa": k, "train_cpu_s": c}
+    if seed == 0 and member == 0:
         # discretisation check: the same model and points, integrated more finely
         fine = float(flow_nll(g, field, scored, likelihood.refined()).mean())
         out["check"] = {"likelihood": str(likelihood), "nll": flow,
                         "refined": str(likelihood.refined()), "nll_refined": fine}
-    print(f"  seed {seed}: flow {flow:.3f}  von Mises KDE {k_nll:.3f} (κ={k:.3g})  "
-          f"train CPU {c:.0f}s", flush=True)
+    if member == 0:
+        print(f"  seed {seed}: flow {flow:.3f}  von Mises KDE {k_nll:.3f} (κ={k:.3g})  "
+              f"train CPU {c:.0f}s", flush=True)
+    else:
+        print(f"  seed {seed} member {member}: flow {flow:.3f}  train CPU {c:.0f}s", flush=True)
     out["cpu_s"] = time.process_time() - cpu0
     return out
 
@@ -138,9 +147,12 @@ def main(argv: list[str] | None = None) -> dict:
                          "reference draws (fit(marginal_target=N)); 'all': of the whole "
                          "training split; 'none': conditional targets")
     ap.add_argument("--jobs", type=int, default=1,
-                    help="worker processes, one seed each at a time (each with --threads "
-                         "threads)")
+                    help="worker processes, one (seed, mixture member) each at a time (each "
+                         "with --threads threads)")
+    _common.add_mixture_arg(ap)
     args = ap.parse_args(argv)
+    if args.mixture < 1:
+        ap.error("--mixture must be at least 1")
 
     _common.set_threads(args.threads)
     steps = args.steps or (400 if args.quick else 8000)
@@ -161,15 +173,22 @@ def main(argv: list[str] | None = None) -> dict:
                 "data_noise": args.data_noise, "on_validation": args.on_validation,
                 "likelihood": likelihood, "threads": args.threads}
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    runs = _common.run_tasks(run_seed, [(seed, settings) for seed in range(args.seeds)],
-                             args.jobs)
+    tasks = [(seed, member) for seed in range(args.seeds) for member in range(args.mixture)]
+    done = dict(zip(tasks, _common.run_tasks(run_seed, [(*task, settings) for task in tasks],
+                                             args.jobs), strict=True))
+    runs = [done[(seed, 0)] for seed in range(args.seeds)]
+    members = [[done[(seed, m)] for m in range(args.mixture)] for seed in range(args.seeds)]
+    mix = [float(_common.mixture_nll(torch.stack([r["nll"] for r in split])).mean())
+           for split in members]
+    mix_cpu = sum(r["train_cpu_s"] for split in members for r in split)
     flow = [r["flow"] for r in runs]
     kde = [r["kde"] for r in runs]
     kappas = [r["kappa"] for r in runs]
     cpu = sum(r["train_cpu_s"] for r in runs)
-    worker_cpu = sum(r["cpu_s"] for r in runs) if args.jobs > 1 else 0.0
+    worker_cpu = (sum(r["cpu_s"] for split in members for r in split)
+                  if args.jobs > 1 else 0.0)
     check = runs[0]["check"]
-    ft, kt = torch.tensor(flow), torch.tensor(kde)
+    ft, kt, mt = torch.tensor(flow), torch.tensor(kde), torch.tensor(mix)
 
     def sd(v: Tensor) -> float:
         return float(v.std()) if v.numel() > 1 else 0.0
@@ -182,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'system':58s}{'test NLL':>16s}")
     print("-" * 74)
     print(f"{'flowmatch RFM (this run)':58s}{float(ft.mean()):9.2f} ± {sd(ft):4.2f}")
+    if args.mixture > 1:
+        print(f"{f'flowmatch RFM, mixture of {args.mixture} fields (this run)':58s}"
+              f"{float(mt.mean()):9.2f} ± {sd(mt):4.2f}")
     print(f"{'product von Mises KDE, κ on validation (this run)':58s}"
           f"{float(kt.mean()):9.2f} ± {sd(kt):4.2f}")
     for system, v in PUBLISHED.items():
@@ -199,13 +221,21 @@ def main(argv: list[str] | None = None) -> dict:
           f"AdamW lr {args.lr:g} cosine, weight decay {args.weight_decay:g}, data noise "
           f"{args.data_noise:g} rad, "
           f"t = 1 − (1 − u)^{args.time_power:g}; likelihood "
-          f"{likelihood}; training {cpu:.0f} CPU s over {args.seeds} "
-          f"seeds; {args.jobs} job(s); total wall {wall:.0f}s, CPU {cpu_all:.0f}s)")
+          f"{likelihood}; training {cpu:.0f} CPU s over {args.seeds} seeds"
+          + (f", the mixtures {mix_cpu:.0f} CPU s" if args.mixture > 1 else "")
+          + f"; {args.jobs} job(s); total wall {wall:.0f}s, CPU {cpu_all:.0f}s)")
 
     scored_on = "validation" if args.on_validation else "test"
     rows = [
         {"system": "flowmatch", "metric": f"{scored_on} NLL rna", "value": float(ft.mean()),
          "std": sd(ft), "runs": flow, "unit": "nats", "better": "lower", "train_cpu_s": cpu},
+    ] + ([
+        {"system": f"flowmatch: mixture of {args.mixture}", "metric": f"{scored_on} NLL rna",
+         "value": float(mt.mean()), "std": sd(mt), "runs": mix, "unit": "nats",
+         "better": "lower", "train_cpu_s": mix_cpu,
+         "note": f"(1/{args.mixture}) Σ_k p_k of fields trained with seeds s + 1000 k; the "
+                 "flowmatch row is its member k = 0"},
+    ] if args.mixture > 1 else []) + [
         {"system": "product von Mises KDE (κ on validation)", "metric": "test NLL rna",
          "value": float(kt.mean()), "std": sd(kt), "unit": "nats", "better": "lower"},
         {"system": "uniform", "metric": "test NLL rna", "value": 7 * math.log(2 * math.pi),
@@ -213,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     ] + [{"system": s, "metric": "test NLL rna", "value": v, "unit": "nats", "better": "lower"}
          for s, v in PUBLISHED.items()]
     config = {"quick": args.quick, "threads": args.threads, "jobs": args.jobs,
+              "mixture": args.mixture,
               "seeds": args.seeds, "steps": steps, "hidden": hidden, "layers": layers,
               "blocks": blocks, "batch": batch,
               "lr": args.lr, "fourier_features": fourier, "fourier_scale": args.fourier_scale,
