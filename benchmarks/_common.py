@@ -87,13 +87,10 @@ def member_seed(seed: int, member: int) -> int:
 
 def mixture_nll(nll):
     """−log((1/K) Σ_k p_k(x)) from the members' per-point NLLs [K, N]: the NLL of the
-    equal-weight mixture of K densities (sampled by picking a member uniformly, then flowing
-    its noise)."""
-    import math
+    equal-weight mixture of K densities (flowmatch.solvers.FlowMixture's density)."""
+    from flowmatch.solvers.mixture import mixture_log_prob
 
-    import torch
-
-    return math.log(nll.shape[0]) - torch.logsumexp(-nll, dim=0)
+    return -mixture_log_prob(-nll)
 
 
 def exit_with_parent(parent_pid: int, poll_s: float = 2.0) -> None:
