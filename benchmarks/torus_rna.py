@@ -13,18 +13,19 @@ concentration is chosen on the validation split, the uniform density (7 log 2π 
 published Riemannian flow matching number. NLLs are in nats w.r.t. the flat volume of
 [0, 2π)⁷.
 
-The network was chosen on seed 0's validation split at 8,000 steps (``--on-validation
---seeds 1``): the plain 4 × 256 MLP −4.611, 8 plain layers −4.585; residual blocks 2 / 4 / 6 /
-8: −4.643 / −4.692 / −4.725 / −4.710 (2, 4 and 8 from a scratch copy of the same blocks,
-initialised in another order). With six blocks, not better: learning rate 1e-3 −4.702, 256
-Fourier features −4.637, time power 0.75 −4.652 (3 with the plain MLP: −4.421); 16,000 steps
-gave −4.754, and batch 1024 instead of 512 −4.824: a larger batch beats more steps at the same
-cost, and is the default since. ``--blocks 0`` gives the plain MLP of ``--layers`` layers. On
-the test splits of seeds 0–2 the six blocks at batch 512 give −5.035 / −5.185 / −5.075 at 8,000
-steps (the plain MLP at 32,000 steps, RK4 × 100: −4.957 / −5.127 / −4.909) and −4.944 / −5.292
-/ −4.938 at 24,000 steps (``--steps 24000``): three times the steps are no better on average and
-spread the seeds, so the default stays 8,000. The defaults (``python benchmarks/torus_rna.py
---jobs 2 --threads 1``): −5.087 / −5.291 / −5.082 = −5.15 ± 0.12.
+The network was chosen on seed 0's validation split at 8,000 steps (``--on-validation --seeds
+1``): the plain 4 × 256 MLP −4.611, 8 plain layers −4.585; residual blocks 2 / 4 / 6 / 8: −4.643
+/ −4.692 / −4.725 / −4.710 (2, 4 and 8 from a scratch copy of the same blocks, initialised in
+another order). With six blocks, not better: learning rate 1e-3 −4.702, 256 Fourier features
+−4.637, time power 0.75 −4.652 (3 with the plain MLP: −4.421); 16,000 steps gave −4.754, and
+batch 1024 instead of 512 −4.824: a larger batch beats more steps at the same cost, and is the
+default since (batch 2048: −4.770, at twice the cost). ``--blocks 0`` gives the plain MLP of
+``--layers`` layers. On the test splits of seeds 0–2 the six blocks at batch 512 give −5.035 /
+−5.185 / −5.075 at 8,000 steps (the plain MLP at 32,000 steps, RK4 × 100: −4.957 / −5.127 /
+−4.909) and −4.944 / −5.292 / −4.938 at 24,000 steps (``--steps 24000``): three times the steps
+are no better on average and spread the seeds, so the default stays 8,000. The defaults
+(``python benchmarks/torus_rna.py --jobs 2 --threads 1``): −5.087 / −5.291 / −5.082 = −5.15 ±
+0.12.
 """
 
 from __future__ import annotations
