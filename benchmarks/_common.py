@@ -71,9 +71,16 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _mixture_size(text: str) -> int:
+    k = int(text)
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"--mixture must be at least 1, got {k}")
+    return k
+
+
 def add_mixture_arg(ap: argparse.ArgumentParser) -> None:
     """``--mixture K``: also score the equal-weight mixture of K fields per split."""
-    ap.add_argument("--mixture", type=int, default=1,
+    ap.add_argument("--mixture", type=_mixture_size, default=1,
                     help="K > 1: also train K − 1 more fields per split (training seeds "
                          "s + 1000 k) and score the mixture density (1/K) Σ_k p_k beside the "
                          "single field (member k = 0)")
@@ -85,12 +92,28 @@ def member_seed(seed: int, member: int) -> int:
     return seed + 1000 * member
 
 
-def mixture_nll(nll):
-    """−log((1/K) Σ_k p_k(x)) from the members' per-point NLLs [K, N]: the NLL of the
-    equal-weight mixture of K densities (flowmatch.solvers.FlowMixture's density)."""
+def score_mixtures(members: list[list[dict]]) -> tuple[list[float], float]:
+    """Per split, the mean NLL of the equal-weight mixture of its members, from their per-point
+    NLLs (``"nll"`` [N] of every run); and the members' total training CPU seconds."""
+    import torch
+
     from flowmatch.solvers.mixture import mixture_log_prob
 
-    return -mixture_log_prob(-nll)
+    nll = [float(-mixture_log_prob(-torch.stack([r["nll"] for r in split])).mean())
+           for split in members]
+    return nll, sum(r["train_cpu_s"] for split in members for r in split)
+
+
+def mixture_row(k: int, metric: str, runs: list[float], train_cpu_s: float) -> dict[str, Any]:
+    """The result row of a K-field mixture, mean ± std over the splits' ``runs``."""
+    import statistics
+
+    return {"system": f"flowmatch: mixture of {k}", "metric": metric,
+            "value": statistics.fmean(runs),
+            "std": statistics.stdev(runs) if len(runs) > 1 else 0.0, "runs": runs,
+            "unit": "nats", "better": "lower", "train_cpu_s": train_cpu_s,
+            "note": f"(1/{k}) Σ_k p_k of fields trained with seeds s + 1000 k; the flowmatch "
+                    "row is its member k = 0"}
 
 
 def exit_with_parent(parent_pid: int, poll_s: float = 2.0) -> None:

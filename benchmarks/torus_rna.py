@@ -154,8 +154,6 @@ def main(argv: list[str] | None = None) -> dict:
                          "with --threads threads)")
     _common.add_mixture_arg(ap)
     args = ap.parse_args(argv)
-    if args.mixture < 1:
-        ap.error("--mixture must be at least 1")
 
     _common.set_threads(args.threads)
     steps = args.steps or (400 if args.quick else 8000)
@@ -181,9 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
                                              args.jobs), strict=True))
     runs = [done[(seed, 0)] for seed in range(args.seeds)]
     members = [[done[(seed, m)] for m in range(args.mixture)] for seed in range(args.seeds)]
-    mix = [float(_common.mixture_nll(torch.stack([r["nll"] for r in split])).mean())
-           for split in members]
-    mix_cpu = sum(r["train_cpu_s"] for split in members for r in split)
+    mix, mix_cpu = _common.score_mixtures(members)
     flow = [r["flow"] for r in runs]
     kde = [r["kde"] for r in runs]
     kappas = [r["kappa"] for r in runs]
@@ -232,13 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [
         {"system": "flowmatch", "metric": f"{scored_on} NLL rna", "value": float(ft.mean()),
          "std": sd(ft), "runs": flow, "unit": "nats", "better": "lower", "train_cpu_s": cpu},
-    ] + ([
-        {"system": f"flowmatch: mixture of {args.mixture}", "metric": f"{scored_on} NLL rna",
-         "value": float(mt.mean()), "std": sd(mt), "runs": mix, "unit": "nats",
-         "better": "lower", "train_cpu_s": mix_cpu,
-         "note": f"(1/{args.mixture}) Σ_k p_k of fields trained with seeds s + 1000 k; the "
-                 "flowmatch row is its member k = 0"},
-    ] if args.mixture > 1 else []) + [
+    ] + ([_common.mixture_row(args.mixture, f"{scored_on} NLL rna", mix, mix_cpu)]
+         if args.mixture > 1 else []) + [
         {"system": "product von Mises KDE (κ on validation)", "metric": "test NLL rna",
          "value": float(kt.mean()), "std": sd(kt), "unit": "nats", "better": "lower"},
         {"system": "uniform", "metric": "test NLL rna", "value": 7 * math.log(2 * math.pi),

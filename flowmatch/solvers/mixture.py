@@ -3,7 +3,7 @@
 K fields trained on the same data from different initialisations learn the large-scale shape
 of the density alike and its fine detail differently; on a few thousand points the average of
 their densities generalises better than any one of them (on the earthquake catalogue, seed 0,
-validation NLL −0.083 for one field, −0.168 / −0.184 for mixtures of two / three; see
+validation NLL −0.083 / −0.025 / −0.109 for three fields alone, −0.19 for their mixture; see
 ``benchmarks/sphere_earth.py --mixture``). A mixture is a density in its own right: its
 log-likelihood is log Σ_k w_k p_k(x), computed stably from the members' log p_k, and a sample
 picks member k with probability w_k and flows the base noise with it.
