@@ -423,7 +423,9 @@ def run_one(name: str, seed: int, member: int, cfg: dict) -> dict:
     arch = {"hidden": cfg["hidden"], "layers": cfg["layers"], "blocks": cfg["blocks"],
             "fourier": fourier, "fourier_scale": scale}
     saved = member_file(Path(cfg["models"]), name, seed, member) if cfg["models"] else None
-    if saved is not None and cfg["load_models"]:
+    load = cfg["model_mode"] == "load" or (cfg["model_mode"] == "reuse" and saved.is_file())
+    cost_unknown = False
+    if saved is not None and load:
         # score a field trained by an earlier --save-models run instead of training one
         state = load_checkpoint(saved)
         # fields saved before --blocks existed are plain MLPs
@@ -434,7 +436,10 @@ def run_one(name: str, seed: int, member: int, cfg: dict) -> dict:
                             blocks=cfg["blocks"])
         field.load_state_dict(state["field"])
         field.eval().requires_grad_(False)
-        c = 0.0
+        # what training it cost when it was trained (fields saved before this was recorded
+        # count 0 and are flagged)
+        c = float(state.get("train_cpu_s", 0.0))
+        cost_unknown = "train_cpu_s" not in state
     else:
         field, c = train_flow(g, x[tr], hidden=cfg["hidden"], layers=cfg["layers"],
                               steps=cfg["steps"], batch=cfg["batch"], lr=cfg["lr"],
@@ -446,12 +451,14 @@ def run_one(name: str, seed: int, member: int, cfg: dict) -> dict:
                               data_noise=for_catalogue(cfg["data_noise"], name),
                               blocks=cfg["blocks"])
         if saved is not None:
-            save_checkpoint(saved, {"arch": arch, "field": field.state_dict()})
+            save_checkpoint(saved, {"arch": arch, "field": field.state_dict(),
+                                    "train_cpu_s": c})
     scored = x[va] if cfg["on_validation"] else x[te]
     likelihood = cfg["likelihood"]
     nll = flow_nll(g, field, scored, likelihood)
     flow = float(nll.mean())
     out = {"flow": flow, "nll": nll, "kde": k_nll, "kappa": k, "train_cpu_s": c,
+           "loaded": load, "cost_unknown": cost_unknown,
            "n": x.shape[0], "distinct": int(torch.unique(x, dim=0).shape[0])}
     if seed == 0 and member == 0:
         # discretisation check: the same model and points, integrated more finely
@@ -463,12 +470,13 @@ def run_one(name: str, seed: int, member: int, cfg: dict) -> dict:
             n_lat, n_lon = (24, 48) if cfg["quick"] else (45, 90)
             out["map"] = density_map(g, field, n_lat, n_lon, likelihood)
             out["test_points"] = unit_to_latlon(x[te].double())
+    cost = f"train CPU {c:.0f}s" + (" (loaded" + (", cost unknown)" if cost_unknown else ")")
+                                      if load else "")
     if member == 0:
-        print(f"  {name} seed {seed}: flow {flow:.3f}  vMF-KDE {k_nll:.3f} (κ={k:.3g})  "
-              f"train CPU {c:.0f}s", flush=True)
-    else:
-        print(f"  {name} seed {seed} member {member}: flow {flow:.3f}  train CPU {c:.0f}s",
+        print(f"  {name} seed {seed}: flow {flow:.3f}  vMF-KDE {k_nll:.3f} (κ={k:.3g})  {cost}",
               flush=True)
+    else:
+        print(f"  {name} seed {seed} member {member}: flow {flow:.3f}  {cost}", flush=True)
     out["cpu_s"] = time.process_time() - cpu0
     return out
 
@@ -519,6 +527,9 @@ def main(argv: list[str] | None = None) -> dict:
                          "(mixture members k > 0: CATALOGUE_seedK_memberk.pt)")
     ap.add_argument("--load-models", type=Path, default=None,
                     help="score the fields a --save-models run wrote to DIR instead of training")
+    ap.add_argument("--reuse-models", type=Path, default=None,
+                    help="load the fields saved in DIR, train (and save there) the missing ones: "
+                         "e.g. to grow a --mixture without retraining its members")
     ap.add_argument("--jobs", type=int, default=1,
                     help="worker processes, one (catalogue, seed, mixture member) run each at "
                          "a time (each with --threads threads)")
@@ -527,10 +538,16 @@ def main(argv: list[str] | None = None) -> dict:
                     help="score the flow on the validation split instead of the test split (for "
                          "choosing a recipe; the KDE row stays a test NLL)")
     args = ap.parse_args(argv)
-    if args.save_models is not None and args.load_models is not None:
-        ap.error("--save-models and --load-models exclude each other")
-    if args.save_models is not None:
-        args.save_models.mkdir(parents=True, exist_ok=True)
+    model_dirs = {"save": args.save_models, "load": args.load_models,
+                  "reuse": args.reuse_models}
+    chosen = [mode for mode, folder in model_dirs.items() if folder is not None]
+    if len(chosen) > 1:
+        ap.error("--save-models, --load-models and --reuse-models exclude each other")
+    model_mode = chosen[0] if chosen else ""
+    if model_mode == "load" and not args.load_models.is_dir():
+        ap.error(f"--load-models: no folder {args.load_models}")
+    if model_mode in ("save", "reuse"):
+        model_dirs[model_mode].mkdir(parents=True, exist_ok=True)
 
     _common.set_threads(args.threads)
     steps = args.steps or (250 if args.quick else 90000)
@@ -554,8 +571,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "time_power": args.time_power, "weight_decay": args.weight_decay,
                 "data_noise": args.data_noise,
                 "plot": args.plot is not None, "quick": args.quick, "threads": args.threads,
-                "models": str(args.load_models or args.save_models or ""),
-                "load_models": args.load_models is not None}
+                "models": str(model_dirs[model_mode]) if model_mode else "",
+                "model_mode": model_mode}
     # the costliest catalogue first, so a pool of workers finishes together
     tasks = sorted(((name, seed, member) for name in args.datasets
                     for seed in range(args.seeds) for member in range(args.mixture)),
@@ -625,6 +642,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.mixture > 1:
             note += f", the mixtures {r['mix']['train_cpu_s']:.0f} CPU s"
         print(note)
+    unknown = sum(r["cost_unknown"] for r in done.values())
+    if unknown:
+        print(f"  {unknown} loaded fields were saved without their training cost: not counted "
+              "in the CPU seconds above")
     for n in names:
         a, b = checks[n]
         print(f"  discretisation check ({n}, seed 0): {likelihood} → {a:.4f}, "
@@ -668,7 +689,11 @@ def main(argv: list[str] | None = None) -> dict:
               "lr": args.lr, "fourier_features": fourier,
               "fourier_scale": format_per_catalogue(args.fourier_scale),
               "marginal_target": marginal, "jobs": args.jobs, "mixture": args.mixture,
-              "loaded_models": str(args.load_models) if args.load_models else None,
+              "loaded_models": (str(model_dirs[model_mode])
+                                if model_mode in ("load", "reuse") else None),
+              "fields_loaded": sum(r["loaded"] for r in done.values()),
+              "fields_loaded_without_training_cost": sum(r["cost_unknown"]
+                                                         for r in done.values()),
               "likelihood": str(likelihood),
               "time_power": format_per_catalogue(args.time_power),
               "weight_decay": format_per_catalogue(args.weight_decay),
