@@ -116,6 +116,36 @@ def test_sphere_hutchinson_with_projected_probes_is_unbiased() -> None:
     assert abs(float(est.mean()) - expected) < 5 * float(est.std()) / math.sqrt(k)
 
 
+def test_sphere_hutchinson_vanishes_for_a_rotation_and_beats_a_one_sided_probe() -> None:
+    # a rotation x ↦ ω × x is a Killing field: P J P is skew, so every two-sided estimate
+    # (P ε)ᵀ J (P ε) is exactly 0 (a one-sided εᵀ J P ε is not)
+    gen = torch.Generator().manual_seed(6)
+    omega = torch.randn(3, generator=gen, dtype=D64)
+    x = random_sphere_points(2000, gen)
+    eps = torch.randn(x.shape, generator=gen, dtype=D64)
+    est = divergence(lambda y: torch.linalg.cross(omega.expand_as(y), y), x, exact=False,
+                     proju=sphere_proju, probe=eps)
+    assert float(est.abs().max()) < 1e-12
+
+    # a generic tangent field: same mean as the exact divergence, lower spread than εᵀ J P ε
+    a = torch.randn(3, generator=gen, dtype=D64)
+
+    def field(y: torch.Tensor) -> torch.Tensor:
+        spin = torch.linalg.cross(omega.expand_as(y), y)
+        return sphere_proju(y, a.expand_as(y) + spin * y[:, :1])
+
+    point = x[:1].expand(4000, 3).clone()
+    probe = torch.randn(point.shape, generator=gen, dtype=D64)
+    two_sided = divergence(field, point, exact=False, proju=sphere_proju, probe=probe)
+    y = point.clone().requires_grad_(True)
+    (vjp,) = torch.autograd.grad(field(y), y, probe)
+    one_sided = (vjp * sphere_proju(point, probe)).sum(-1)
+    exact = float(divergence(field, x[:1], proju=sphere_proju)[0])
+    for est in (two_sided, one_sided):
+        assert abs(float(est.mean()) - exact) < 5 * float(est.std()) / math.sqrt(4000)
+    assert float(two_sided.var()) < 0.8 * float(one_sided.var())
+
+
 def test_create_graph_differentiates_the_divergence() -> None:
     # div(P_x a) = −2<a, x> on S², whose Riemannian gradient is −2 P_x a
     gen = torch.Generator().manual_seed(5)

@@ -113,12 +113,16 @@ def divergence_of_output(
     if not exact:
         if probe is None:
             raise ValueError("exact=False needs a probe tensor (see sample_probe)")
-        (vjp,) = torch.autograd.grad(v, x, probe, create_graph=create_graph,
+        # (P ε)ᵀ J (P ε), whose mean is tr(P J P) = tr(J P), the divergence on the manifold.
+        # Projecting on both sides (rather than εᵀ J P ε, with the same mean) drops the
+        # normal part of ε, which only adds variance: for a Killing field (a rotation of the
+        # sphere, P J P skew) every estimate is then exactly 0.
+        tangent_probe = probe if proju is None else proju(x, probe)
+        (vjp,) = torch.autograd.grad(v, x, tangent_probe, create_graph=create_graph,
                                      retain_graph=True, allow_unused=True)
         if vjp is None:
             return torch.zeros(x.shape[0], dtype=v.dtype, device=v.device)
-        # εᵀ J (P ε): the probe on the left, its projection on the right (tr(J P))
-        return _sum_event(vjp * (probe if proju is None else proju(x, probe)))
+        return _sum_event(vjp * tangent_probe)
 
     batch = x.shape[0]
     d = x[0].numel()
