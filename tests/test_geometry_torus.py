@@ -87,6 +87,24 @@ def test_wrap_never_returns_the_period():
             t.check_point(w)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_wrap_is_the_correctly_rounded_remainder(dtype):
+    # against the remainder computed in float64 (exact for float32 inputs) of the same period
+    # as stored in dtype: one rounding at most, in [0, p) even for huge angles
+    t = FlatTorus(1)
+    gen = torch.Generator().manual_seed(3)
+    z = torch.cat([torch.randn(20000, 1, generator=gen, dtype=dtype) * 300,
+                   torch.tensor([[1e8], [-1e8], [1e12], [-3e15]], dtype=dtype)])
+    w = t.projx(z)
+    p = torch.tensor(t.period, dtype=dtype)
+    assert bool(((w >= 0) & (w < p)).all())
+    if dtype == torch.float32:
+        ref = torch.remainder(z.double(), p.double())
+        err = (w.double() - ref).abs()
+        err = torch.minimum(err, p.double() - err)  # 0 and p are the same point
+        assert float(err.max()) <= float(torch.finfo(dtype).eps) * float(p)
+
+
 def test_gradients_at_coincident_points_and_across_the_seam():
     t = FlatTorus(3)
     x = t.sample_base((16,), dtype=torch.float64).requires_grad_(True)
