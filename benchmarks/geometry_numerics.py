@@ -110,17 +110,17 @@ def coincident(manifold, x: Tensor) -> tuple[float, float]:
     return nan, float(bad.float().mean())
 
 
-def measure(n_points: int) -> tuple[list[dict], dict]:
-    """The rows of the common layout, and the curves for the plot."""
+def measure(n_points: int) -> tuple[list[dict], dict, float]:
+    """The rows of the common layout, the curves for the plot, and the H² base points' largest
+    distance from the origin."""
     peers = _peers()
     rows: list[dict] = []
-    curves: dict = {"radius": None}
-    for case in cases(n_points):
+    curves: dict = {}
+    all_cases = cases(n_points)
+    for case in all_cases:
         name = case["name"]
         x = case["x"].float()
         systems = {"flowmatch": case["ours"], **peers[name]}
-        if "max_radius" in case:
-            curves["radius"] = case["max_radius"]
         curves[name] = {"scales": case["scales"], "errors": {k: [] for k in systems}}
         for scale in case["scales"]:
             u = (scale * case["unit"]).float()
@@ -135,7 +135,8 @@ def measure(n_points: int) -> tuple[list[dict], dict]:
                          "value": nan, "unit": "fraction", "better": "lower"})
             rows.append({"system": system, "metric": f"{name} non-finite grad of dist at y = x",
                          "value": bad_grad, "unit": "fraction", "better": "lower"})
-    return rows, curves
+    radius = next(case["max_radius"] for case in all_cases if "max_radius" in case)
+    return rows, curves, radius
 
 
 def print_table(rows: list[dict], n_points: int) -> None:
@@ -191,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     n_points = args.points or (1000 if args.quick else 4000)
     if n_points < 1:
         ap.error("--points must be ≥ 1")
-    rows, curves = measure(n_points)
-    radius = curves.pop("radius")
+    rows, curves, radius = measure(n_points)
     print_table(rows, n_points)
     ours = [r for r in rows if r["system"] == "flowmatch" and r["metric"].startswith("S² round")]
     worst = max(r["value"] / sphere_bound(float(r["metric"].split("=")[1])) for r in ours)
