@@ -5,7 +5,8 @@ from flowmatch.geometry.discrete import Discrete
 from flowmatch.geometry.euclidean import Euclidean
 from flowmatch.geometry.geoopt_adapter import GeooptGeometry, as_geometry
 from flowmatch.geometry.hyperbolic import Hyperbolic
-from flowmatch.geometry.product import Product
+from flowmatch.geometry.product import Product, ProductPoint
+from flowmatch.geometry.segments import Segments
 from flowmatch.geometry.so3 import SO3
 from flowmatch.geometry.spd import SPD
 from flowmatch.geometry.sphere import Sphere
@@ -13,5 +14,5 @@ from flowmatch.geometry.torus import FlatTorus
 
 __all__ = [
     "Geometry", "Euclidean", "Sphere", "FlatTorus", "Hyperbolic", "SO3", "SPD", "Discrete",
-    "Product", "GeooptGeometry", "as_geometry",
+    "Product", "ProductPoint", "Segments", "GeooptGeometry", "as_geometry",
 ]

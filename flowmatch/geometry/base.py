@@ -90,6 +90,21 @@ class Geometry:
         """Draw points of the base (noise) distribution; returns ``[*shape, *point_shape]``."""
         raise NotImplementedError(f"{type(self).__name__} does not define a base distribution")
 
+    def sample_base_like(
+        self,
+        x: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Base draws with the batch shape of ``x`` (dtype and device default to ``x``'s)."""
+        batch = x.shape[: x.dim() - len(self.point_shape)]
+        return self.sample_base(batch, generator=generator,
+                                dtype=dtype if dtype is not None else (
+                                    x.dtype if x.is_floating_point() else None),
+                                device=device if device is not None else x.device)
+
     def base_log_prob(self, x: Tensor) -> Tensor:
         """Log density of the base distribution w.r.t. the Riemannian volume, shape [...]."""
         raise NotImplementedError(f"{type(self).__name__} does not define a base distribution")

@@ -13,7 +13,7 @@ from flowmatch.paths.metric_induced import (
     ordinal_distance,
 )
 from flowmatch.paths.mixture import MixtureDiscretePath
-from flowmatch.paths.product import ProductPath
+from flowmatch.paths.product import ProductPath, ProductPathSample
 from flowmatch.paths.schedule_transform import ScheduleTransformedField
 from flowmatch.paths.schedulers import (
     CondOTScheduler,
@@ -30,7 +30,7 @@ from flowmatch.paths.schedulers import (
 __all__ = [
     # paths
     "ProbPath", "PathSample", "AffinePath", "CondOTPath", "GeodesicPath", "MixtureDiscretePath",
-    "ProductPath", "ScheduleTransformedField",
+    "ProductPath", "ProductPathSample", "ScheduleTransformedField",
     # schedulers
     "Scheduler", "SchedulerOutput", "ConvexScheduler", "CondOTScheduler", "PolynomialScheduler",
     "CosineConvexScheduler", "CosineScheduler", "LinearVPScheduler", "VPScheduler",
