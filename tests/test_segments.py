@@ -224,3 +224,13 @@ def test_product_path_gives_each_atom_its_crystals_time_and_holds_fixed_factors(
         assert torch.allclose(s.x_t["coords"][rows], expected.x_t, atol=1e-12)
     with pytest.raises(ValueError, match=r"one time per sample, shape \[4\]"):
         path.sample(x0, x1, torch.rand(17))
+
+
+def test_pairs_enumerate_each_samples_complete_graph():
+    seg = Segments(torch.tensor([1, 0, 1, 2, 0, 1]), 4)  # sample 3 has no rows
+    i, j = seg.pairs(self_loops=True)
+    assert len(i) == 2 * 2 + 3 * 3 + 1
+    assert bool((seg.index[i] == seg.index[j]).all())
+    assert len(set(zip(i.tolist(), j.tolist(), strict=True))) == len(i)
+    i, j = seg.pairs()
+    assert len(i) == 2 + 6 and bool((i != j).all())

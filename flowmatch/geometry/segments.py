@@ -95,6 +95,25 @@ class Segments:
         """Rows minus their sample's mean: the orthogonal projection onto mean-free rows."""
         return values - self.broadcast(self.mean(values))
 
+    def pairs(self, *, self_loops: bool = False) -> tuple[Tensor, Tensor]:
+        """Every ordered pair of rows within one sample: (i, j), each [Σ_s n_s²] (or
+        [Σ_s n_s(n_s − 1)] without self-loops) — the fully connected graph of each sample."""
+        order = torch.argsort(self.index, stable=True)
+        counts = self.counts()
+        starts = torch.cumsum(counts, 0) - counts
+        pair_counts = counts * counts
+        owner = torch.repeat_interleave(torch.arange(self.num_segments, device=counts.device),
+                                        pair_counts)
+        local = torch.arange(int(pair_counts.sum()), device=counts.device) - \
+            torch.repeat_interleave(torch.cumsum(pair_counts, 0) - pair_counts, pair_counts)
+        n = counts[owner]
+        a, b = starts[owner] + local // n.clamp_min(1), starts[owner] + local % n.clamp_min(1)
+        i, j = order.to(counts.device)[a], order.to(counts.device)[b]
+        if not self_loops:
+            keep = i != j
+            i, j = i[keep], j[keep]
+        return i.to(self.index.device), j.to(self.index.device)
+
     # -- bookkeeping ----------------------------------------------------------------------
     def to(self, device: torch.device | str) -> Segments:
         if self.index.device == torch.device(device):

@@ -1,0 +1,119 @@
+"""An invariant periodic message-passing velocity field for crystals (in the style of CSPNet).
+
+Each crystal is a fully connected graph of its atoms. Layer ℓ updates atom features h_i by
+
+    m_ij = φ_m([h_i, h_j, ℓ̂, ψ(f_j − f_i)]),    m_i = mean_j m_ij,
+    h_i ← LayerNorm(h_i + φ_h([h_i, m_i])),
+
+where ℓ̂ are the crystal's 6 lattice parameters standardised by data statistics (lengths and
+angles: invariant under rotations of the Cartesian frame) and ψ(Δ) = (sin 2πkΔ, cos 2πkΔ),
+k = 1 … K, are Fourier features of the fractional difference — periodic, so the choice of
+periodic image does not matter, and a difference, so a global translation does not either. The
+heads read per-atom coordinate velocities (no bias), the lattice velocity from mean- and
+sum-pooled atom features, and optionally per-atom type logits. Outputs are therefore
+permutation-equivariant per atom and invariant to translations, periodic images and rotations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from flowmatch.geometry import ProductPoint
+from flowmatch.models.embedding import SinusoidalTimeEmbedding
+from flowmatch.plugins.crystal.representation import NUM_ELEMENTS
+
+__all__ = ["CrystalVelocityNet"]
+
+
+class _Layer(nn.Module):
+    def __init__(self, hidden: int, edge_in: int) -> None:
+        super().__init__()
+        self.message = nn.Sequential(nn.Linear(2 * hidden + edge_in, hidden), nn.SiLU(),
+                                     nn.Linear(hidden, hidden), nn.SiLU())
+        self.update = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(),
+                                    nn.Linear(hidden, hidden))
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, h: Tensor, edge_feat: Tensor, i: Tensor, j: Tensor, degree: Tensor
+                ) -> Tensor:
+        m = self.message(torch.cat([h[i], h[j], edge_feat], dim=1))
+        agg = h.new_zeros(h.shape).index_add(0, i, m) / degree
+        return self.norm(h + self.update(torch.cat([h, agg], dim=1)))
+
+
+class CrystalVelocityNet(nn.Module):
+    """Velocity field on ragged crystal batches: ``net(x, t) -> {"coords", "lattice"[, "types"]}``.
+
+    ``x`` is a :class:`~flowmatch.geometry.ProductPoint` with ``lattice`` [S, 6], ragged
+    ``coords`` [N, 3] (fractional) and ``types`` [N] (tokens; the mask token ``num_states − 1``
+    is allowed when ``num_states`` is 101); ``t`` has shape [S]. Returns coordinate velocities
+    [N, 3], lattice velocities [S, 6] and, with ``predict_types``, type logits [N, 100].
+
+    Args:
+        hidden, layers: width and depth of the message passing.
+        num_freqs: K, the number of Fourier frequencies of the fractional differences.
+        lattice_loc, lattice_scale: statistics that standardise the lattice parameters on the
+            way in (default 0 and 1; pass the training set's mean and std).
+        num_states: input vocabulary of the type embedding (100 elements, 101 with a mask).
+        predict_types: add the per-atom type head (de novo generation).
+    """
+
+    def __init__(self, hidden: int = 256, layers: int = 4, *, num_freqs: int = 32,
+                 time_dim: int = 64, lattice_loc: Sequence[float] | Tensor | None = None,
+                 lattice_scale: Sequence[float] | Tensor | None = None,
+                 num_states: int = NUM_ELEMENTS, predict_types: bool = False) -> None:
+        super().__init__()
+        for name, value, lo in (("hidden", hidden, 1), ("layers", layers, 1),
+                                ("num_freqs", num_freqs, 1), ("time_dim", time_dim, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"{name} must be an integer ≥ {lo}, got {value!r}")
+        if num_states not in (NUM_ELEMENTS, NUM_ELEMENTS + 1):
+            raise ValueError(f"num_states must be {NUM_ELEMENTS} or {NUM_ELEMENTS + 1} (with a "
+                             f"mask token), got {num_states!r}")
+        loc = torch.zeros(6) if lattice_loc is None else torch.as_tensor(lattice_loc).float()
+        scale = torch.ones(6) if lattice_scale is None else torch.as_tensor(lattice_scale).float()
+        if loc.shape != (6,) or scale.shape != (6,) or not bool((scale > 0).all()):
+            raise ValueError("lattice_loc and lattice_scale must have 6 entries, scale > 0")
+        self.register_buffer("lattice_loc", loc)
+        self.register_buffer("lattice_scale", scale)
+        self.register_buffer("freqs", 2 * math.pi * torch.arange(1, num_freqs + 1).float(),
+                             persistent=False)
+        self.hidden, self.num_states, self.predict_types = hidden, num_states, predict_types
+        self.embed = nn.Embedding(num_states, hidden)
+        self.time = nn.Sequential(SinusoidalTimeEmbedding(time_dim), nn.Linear(time_dim, hidden),
+                                  nn.SiLU(), nn.Linear(hidden, hidden))
+        edge_in = 6 + 6 * num_freqs
+        self.layers = nn.ModuleList(_Layer(hidden, edge_in) for _ in range(layers))
+        self.coords_head = nn.Linear(hidden, 3, bias=False)
+        self.lattice_head = nn.Sequential(nn.Linear(2 * hidden + 6, hidden), nn.SiLU(),
+                                          nn.Linear(hidden, 6))
+        self.types_head = nn.Linear(hidden, NUM_ELEMENTS) if predict_types else None
+
+    def forward(self, x: ProductPoint, t: Tensor) -> dict[str, Tensor]:
+        if not isinstance(x, ProductPoint) or x.segments is None:
+            raise ValueError("x must be a ProductPoint with segments (a ragged crystal batch)")
+        seg = x.segments
+        if t.shape != (seg.num_segments,):
+            raise ValueError(f"t must have one time per crystal, shape [{seg.num_segments}], "
+                             f"got {tuple(t.shape)}")
+        dtype = self.lattice_loc.dtype
+        lattice = (x["lattice"].to(dtype) - self.lattice_loc) / self.lattice_scale
+        coords = x["coords"].to(dtype)
+        i, j = seg.pairs(self_loops=True)
+        owner = seg.index[i]
+        angle = (coords[j] - coords[i]).unsqueeze(-1) * self.freqs  # [E, 3, K]
+        edge_feat = torch.cat([lattice[owner], angle.sin().flatten(1), angle.cos().flatten(1)],
+                              dim=1)
+        degree = seg.counts()[seg.index].to(dtype).clamp_min(1).unsqueeze(1)
+        h = self.embed(x["types"]) + seg.broadcast(self.time(t.to(dtype)))
+        for layer in self.layers:
+            h = layer(h, edge_feat, i, j, degree)
+        pooled = torch.cat([seg.mean(h), seg.sum(h) / math.sqrt(self.hidden), lattice], dim=1)
+        out = {"coords": self.coords_head(h), "lattice": self.lattice_head(pooled)}
+        if self.types_head is not None:
+            out["types"] = self.types_head(h)
+        return out
