@@ -1,0 +1,60 @@
+"""Crystal metrics: validity rules and the CSP match rate / RMSE on known cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("pymatgen")
+pytest.importorskip("smact")
+
+from pymatgen.core import Lattice, Structure  # noqa: E402
+
+from flowmatch.plugins.crystal.metrics import (  # noqa: E402
+    compositional_validity,
+    csp_metrics,
+    match_rms,
+    structural_validity,
+)
+
+
+def srtio3(a: float = 3.905) -> Structure:
+    return Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+
+def test_structural_validity_checks_distances_over_images_and_volume():
+    assert structural_validity(srtio3())
+    close = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.1, 0, 0]])  # 0.4 Å apart
+    assert not structural_validity(close)
+    across = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0.01, 0, 0], [0.95, 0, 0]])  # 0.24 Å
+    assert not structural_validity(across), "periodic images count"
+    assert not structural_validity(None)
+    assert not structural_validity(Structure(Lattice.cubic(0.3), ["C"], [[0, 0, 0]]))
+
+
+@pytest.mark.parametrize("formula, valid", [("SrTiO3", True), ("NaCl", True), ("C", True),
+                                            ("CuZn", True), ("NaO3", False), ("KF2", False)])
+def test_compositional_validity_follows_smact(formula, valid):
+    assert compositional_validity(formula) is valid
+
+
+def test_csp_metrics_count_matches_over_all_targets():
+    target = srtio3()
+    distorted = srtio3()
+    distorted.perturb(0.05)
+    wrong = Structure(Lattice.cubic(3.905), ["Sr", "Ti", "O", "O", "O"],
+                      [[0, 0, 0], [0.25, 0.25, 0.25], [0.5, 0.5, 0], [0.5, 0, 0.5],
+                       [0, 0.5, 0.5]])
+    assert match_rms(srtio3(), target) == pytest.approx(0.0, abs=1e-6)
+    r = match_rms(distorted, target)
+    assert r is not None and 0 < r < 0.1
+    res = csp_metrics([[distorted], [None], [wrong, srtio3()]], [target, target, target])
+    assert res.match_rate == pytest.approx(2 / 3)
+    assert res.rms[1] is None and res.rms[2] == pytest.approx(0.0, abs=1e-6)
+    assert res.rmse == pytest.approx((r + 0.0) / 2, abs=1e-6)
+    assert res.valid_fraction == pytest.approx(3 / 4)
+    with pytest.raises(ValueError, match="one entry per test crystal"):
+        csp_metrics([[target]], [target, target])
+    assert math.isnan(csp_metrics([[None]], [target]).rmse)
