@@ -5,6 +5,7 @@ of shape [B, ...] and t of shape [B]; it returns a tangent vector shaped like x,
 logits [..., K] for discrete data.
 """
 
+from flowmatch.models.ambient import AmbientField
 from flowmatch.models.discrete import (
     DiscreteGuidance,
     DiscreteMLP,
@@ -19,7 +20,7 @@ from flowmatch.models.resnet import ResidualMLP, TimeResidualBlock
 from flowmatch.models.wrappers import PredictionConverter, TangentProjected
 
 __all__ = [
-    "MLP", "ResidualMLP", "TimeResidualBlock", "SinusoidalTimeEmbedding",
+    "MLP", "ResidualMLP", "TimeResidualBlock", "AmbientField", "SinusoidalTimeEmbedding",
     "ClassifierFreeGuidance", "drop_condition",
     "PredictionConverter", "TangentProjected",
     "DiscreteMLP", "DiscreteTransformer", "DiscreteGuidance", "ExactPosterior",
