@@ -21,7 +21,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # not at run time: torch must load after OMP_WAIT_POLICY is set below
+    from flowmatch.evaluation import Likelihood
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -180,6 +183,31 @@ def write_result(path: Path | None, benchmark: str, config: dict[str, Any],
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=2))
     return out
+
+
+def add_likelihood_args(ap: argparse.ArgumentParser) -> None:
+    """``--likelihood`` / ``--tol`` / ``--eval-steps``: how the test NLL is integrated."""
+    ap.add_argument("--likelihood", choices=("dopri5", "bosh3", "rk4"), default="dopri5",
+                    help="integration of the NLL: an error-controlled method (default) or RK4")
+    ap.add_argument("--tol", type=float, default=1e-5,
+                    help="atol = rtol of the adaptive likelihood")
+    ap.add_argument("--eval-steps", type=int, default=100, help="steps of --likelihood rk4")
+
+
+def likelihood_from_args(args: argparse.Namespace) -> Likelihood:
+    """The :class:`flowmatch.evaluation.Likelihood` of :func:`add_likelihood_args`' flags."""
+    from flowmatch.evaluation import Likelihood
+
+    if not args.tol > 0 or args.eval_steps < 1:
+        raise SystemExit("--tol must be positive and --eval-steps at least 1")
+    return Likelihood(args.likelihood, args.tol, args.eval_steps)
+
+
+def describe_model(hidden: int, layers: int, blocks: int) -> str:
+    """Words for the network of ``flowmatch.training.recipes.build_field``, for summaries."""
+    if blocks:
+        return f"ResidualMLP of {blocks} blocks × {hidden}"
+    return f"{layers}×{hidden} SiLU MLP"
 
 
 def marginal_target_arg(text: str):

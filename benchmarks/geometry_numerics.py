@@ -26,17 +26,14 @@ these inputs.
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from pathlib import Path
 
-# the sibling scripts and _common, also when this file is imported rather than run
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+import _common  # first: sets OMP_WAIT_POLICY before torch loads OpenMP
+import torch
+from torch import Tensor
 
-from flowmatch.geometry import SPD, Hyperbolic, Sphere  # noqa: E402
+from flowmatch.geometry import SPD, Hyperbolic, Sphere
 
 EPS32 = 2.0**-24
 

@@ -19,23 +19,19 @@ from __future__ import annotations
 
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
-# the sibling scripts and _common, also when this file is imported rather than run
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
-import torch  # noqa: E402
-from sphere_earth import AmbientField  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import _common  # first: sets OMP_WAIT_POLICY before torch loads OpenMP
+import torch
+from torch import Tensor, nn
 
-from flowmatch.geometry.sphere import Sphere  # noqa: E402
-from flowmatch.geometry.torus import FlatTorus  # noqa: E402
-from flowmatch.models.features import TorusFourierFeatures  # noqa: E402
-from flowmatch.paths.geodesic import GeodesicPath  # noqa: E402
-from flowmatch.solvers.riemannian import RiemannianODESolver  # noqa: E402
-from flowmatch.training.loss import cfm_loss  # noqa: E402
+from flowmatch.geometry.sphere import Sphere
+from flowmatch.geometry.torus import FlatTorus
+from flowmatch.models.ambient import AmbientField
+from flowmatch.models.features import TorusFourierFeatures
+from flowmatch.paths.geodesic import GeodesicPath
+from flowmatch.solvers.riemannian import RiemannianODESolver
+from flowmatch.training.loss import cfm_loss
 
 
 class PeerModel(nn.Module):

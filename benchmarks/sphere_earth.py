@@ -4,12 +4,13 @@
                                       [--jobs 2] [--mixture K]
 
 For each catalogue (volcano, earthquake, flood, fire) and each seed: a seeded random 80/10/10
-split (flowmatch.data.earth.seeded_split), a tangent-projected MLP on x and random Fourier
-features of x (flowmatch.models.RandomFourierFeatures) trained by Riemannian CFM on the
-geodesic CondOT path (flowmatch.training.fit) with marginal-velocity targets
-(flowmatch.paths.marginal) and training times weighted towards the data
-(flowmatch.training.KumaraswamyTime), and the exact test NLL from the Riemannian ODE likelihood
-(dopri5 at tolerance 1e-5, exact divergence on S²) with the EMA weights. Beside it: a von
+split (flowmatch.data.earth.seeded_split), a tangent-projected MLP (flowmatch.models.AmbientField)
+on x and random Fourier features of x (flowmatch.models.RandomFourierFeatures) trained by
+Riemannian CFM on the geodesic CondOT path (flowmatch.training.recipes.train_flow, which calls
+flowmatch.training.fit) with marginal-velocity targets (flowmatch.paths.marginal) and training
+times weighted towards the data (flowmatch.training.KumaraswamyTime), and the exact test NLL
+from the Riemannian ODE likelihood (flowmatch.evaluation.flow_nll: dopri5 at tolerance 1e-5,
+exact divergence on S²) with the EMA weights. Beside it: a von
 Mises–Fisher kernel density estimate whose concentration is chosen on the validation split, and
 the published numbers. NLLs are in nats w.r.t. the area of the unit sphere (uniform: log 4π ≈
 2.531). The training budget (CPU seconds of this process) is printed and written.
@@ -18,7 +19,7 @@ Recipe (the defaults), chosen on the validation split of fire, seed 0, with
 ``python benchmarks/sphere_earth.py --datasets fire --seeds 1 --likelihood rk4 --eval-steps 25
 --on-validation`` plus the flags named (validation NLL; training CPU seconds on one thread).
 Until session 5 the recipe was scored with RK4 × 25, which flatters sharp models (see
-:class:`Likelihood`); the last item is scored with dopri5:
+:class:`flowmatch.evaluation.Likelihood`); the last item is scored with dopri5:
 
 * Conditional targets (``--marginal-target none --fourier-scale 10 --batch 512``), the session-1
   recipe: ``--steps`` 2,000 −0.57 (23 s), 6,000 −0.78, 18,000 −0.96, about −0.18 nats per 3×
@@ -90,7 +91,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import _common  # first: sets OMP_WAIT_POLICY before torch loads OpenMP
@@ -105,17 +105,12 @@ from flowmatch.data.earth import (
     seeded_split,
     unit_to_latlon,
 )
+from flowmatch.evaluation import Likelihood, flow_nll
 from flowmatch.geometry.base import Geometry
 from flowmatch.geometry.sphere import Sphere
-from flowmatch.models.embedding import SinusoidalTimeEmbedding
 from flowmatch.models.features import RandomFourierFeatures
-from flowmatch.models.resnet import ResidualMLP
-from flowmatch.models.wrappers import TangentProjected
-from flowmatch.paths.geodesic import GeodesicPath
-from flowmatch.solvers.riemannian import RiemannianODESolver
 from flowmatch.training.checkpoint import load_checkpoint, save_checkpoint
-from flowmatch.training.fit import fit
-from flowmatch.training.time_sampling import KumaraswamyTime
+from flowmatch.training.recipes import build_field, train_flow
 
 # Published test NLLs (lower is better), as listed in the issue.
 PUBLISHED: dict[str, dict[str, float]] = {
@@ -128,97 +123,6 @@ PUBLISHED: dict[str, dict[str, float]] = {
     "published: Riemannian flow matching (Chen & Lipman 2024)":
         {"volcano": -7.93, "earthquake": -0.28},
 }
-
-
-# -- model ------------------------------------------------------------------------------------
-class AmbientField(nn.Module):
-    """An MLP on ambient features of x and a sinusoidal embedding of t.
-
-    ``features`` maps points [B, *point_shape] to [B, in_dim] (identity for the sphere's R³
-    coordinates, (cos, sin) of the angles on a torus); the output is an ambient vector of
-    ``out_dim`` numbers, made tangent by :class:`TangentProjected`.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 256, layers: int = 4,
-                 t_dim: int = 32, features=None) -> None:
-        super().__init__()
-        # scale 20 / max period 100: frequencies from 0.2 to 20 rad per unit time, smooth
-        # enough for fixed-step likelihood integration
-        self.embed = SinusoidalTimeEmbedding(t_dim, scale=20.0, max_period=100.0)
-        blocks: list[nn.Module] = []
-        width = in_dim + t_dim
-        for _ in range(layers):
-            blocks += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        blocks.append(nn.Linear(width, out_dim))
-        self.net = nn.Sequential(*blocks)
-        self.features = features
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        h = x if self.features is None else self.features(x)
-        return self.net(torch.cat([h, self.embed(t).to(h.dtype)], dim=-1))
-
-
-# -- evaluation -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Likelihood:
-    """How the benchmark integrates log p1(x): an error-controlled method or fixed RK4 steps.
-
-    Sharp learned densities are hard on fixed grids: their fields change fastest in the last
-    few per cent of time, and a uniform grid that misses it over-states the likelihood (a
-    24,000-step volcano model: RK4 × 25 −18.6, × 100 −8.4, × 400 −7.8 against −7.35 from dopri5
-    at tolerance 1e-4 and at 1e-5), so the default is dopri5.
-    """
-
-    method: str = "dopri5"   # "rk4" or one of RiemannianODESolver's adaptive methods
-    tol: float = 1e-5        # atol = rtol of an adaptive method
-    steps: int = 100         # steps of "rk4"
-
-    def solver_kwargs(self) -> dict:
-        if self.method == "rk4":
-            return {"method": "rk4", "num_steps": self.steps}
-        return {"method": self.method, "atol": self.tol, "rtol": self.tol}
-
-    def refined(self) -> Likelihood:
-        """The discretisation check's setting: twice the steps, or a tenth of the tolerance."""
-        if self.method == "rk4":
-            return replace(self, steps=2 * self.steps)
-        return replace(self, tol=self.tol / 10)
-
-    def __str__(self) -> str:
-        how = (f"rk4 x {self.steps}" if self.method == "rk4"
-               else f"{self.method}, atol = rtol = {self.tol:g}")
-        return how + ", exact divergence"
-
-
-def flow_nll(geometry: Geometry, field: nn.Module, x: Tensor, likelihood: Likelihood, *,
-             chunk: int = 512) -> Tensor:
-    """Per-point NLL −log p1(x) under the flow (exact divergence), in chunks.
-
-    Chunks of a few hundred points: an adaptive method steps the whole chunk at the pace of its
-    sharpest trajectory, so smaller chunks waste fewer evaluations on the easy ones.
-    """
-    solver = RiemannianODESolver(field, geometry)
-    out = []
-    for part in x.split(chunk):
-        _, log_p = solver.log_likelihood(part, **likelihood.solver_kwargs())
-        out.append(-log_p)
-    return torch.cat(out)
-
-
-def _common_likelihood_args(ap) -> None:
-    """--likelihood / --tol / --eval-steps, shared with torus_rna.py."""
-    ap.add_argument("--likelihood", choices=("dopri5", "bosh3", "rk4"), default="dopri5",
-                    help="integration of the NLL: an error-controlled method (default) or RK4")
-    ap.add_argument("--tol", type=float, default=1e-5,
-                    help="atol = rtol of the adaptive likelihood")
-    ap.add_argument("--eval-steps", type=int, default=100, help="steps of --likelihood rk4")
-
-
-def likelihood_from_args(args) -> Likelihood:
-    if not args.tol > 0 or args.eval_steps < 1:
-        raise SystemExit("--tol must be positive and --eval-steps at least 1")
-    return Likelihood(args.likelihood, args.tol, args.eval_steps)
 
 
 # P of --time-power per catalogue ("*": the rest), chosen on the validation split of seed 0
@@ -290,69 +194,6 @@ def vmf_kde_baseline(train: Tensor, val: Tensor, test: Tensor) -> tuple[float, f
     val_nll = [float(vmf_kde_nll(train, val, k).mean()) for k in grid]
     best = min(range(len(grid)), key=val_nll.__getitem__)
     return float(vmf_kde_nll(train, test, grid[best]).mean()), grid[best]
-
-
-def build_field(geometry: Geometry, in_dim: int, out_dim: int, *, hidden: int, layers: int,
-                features=None, blocks: int = 0) -> nn.Module:
-    """The benchmark's velocity field made tangent to ``geometry``: an :class:`AmbientField`
-    of ``layers`` hidden layers, or with ``blocks`` > 0 a :class:`ResidualMLP` of that many
-    residual blocks (the same time embedding, fed to every block)."""
-    if blocks:
-        net = ResidualMLP(in_dim, out_dim, hidden=hidden, blocks=blocks, features=features,
-                          time_embed_dim=32, time_scale=20.0, max_period=100.0)
-    else:
-        net = AmbientField(in_dim, out_dim, hidden=hidden, layers=layers, features=features)
-    return TangentProjected(net, geometry)
-
-
-def describe_model(hidden: int, layers: int, blocks: int) -> str:
-    if blocks:
-        return f"ResidualMLP of {blocks} blocks × {hidden}"
-    return f"{layers}×{hidden} SiLU MLP"
-
-
-# -- one run ----------------------------------------------------------------------------------
-def train_flow(geometry: Geometry, train: Tensor, *, hidden: int, layers: int, steps: int,
-               batch: int, lr: float, seed: int, features=None, in_dim=None,
-               out_dim=None, marginal_target=None, time_power: float = 1.0,
-               weight_decay: float = 0.0, data_noise: float = 0.0,
-               blocks: int = 0) -> tuple[nn.Module, float]:
-    """Riemannian CFM on the geodesic CondOT path; returns (EMA field, CPU seconds).
-
-    ``data_noise`` ε > 0 trains on x1 = exp_y(ε P_y ξ), ξ ~ N(0, I) ambient, for training points
-    y: the training law smoothed by a kernel of geodesic radius ≈ ε (on S² close to a von
-    Mises–Fisher kernel of κ = 1/ε²), a regulariser against fitting the few thousand training
-    points themselves; the marginal-velocity reference draws are smoothed alike.
-    """
-    torch.manual_seed(seed)
-    d = train.shape[-1]
-    model = build_field(geometry, in_dim or d, out_dim or d, hidden=hidden, layers=layers,
-                        features=features, blocks=blocks)
-    cpu0 = time.process_time()
-
-    def sample_data(n: int, gen: torch.Generator) -> Tensor:
-        y = train[torch.randint(0, train.shape[0], (n,), generator=gen)]
-        if data_noise == 0:
-            return y
-        return geometry.expmap(y, data_noise * geometry.random_tangent(y, generator=gen))
-
-    # an EMA horizon of ~1/10 of the run: 0.999 would still sit near the initial weights
-    # after a few hundred quick-mode steps
-    ema = min(0.999, 1.0 - 10.0 / steps)
-    if marginal_target == "all":
-        marginal_target = train
-    result = fit(model, sample_data, GeodesicPath(geometry), geometry, steps=steps,
-                 batch_size=batch, lr=lr, weight_decay=weight_decay, ema_decay=ema,
-                 lr_schedule="cosine",
-                 warmup_steps=min(200, steps // 10), seed=seed, progress=False,
-                 marginal_target=marginal_target,
-                 time_sampler=None if time_power == 1 else KumaraswamyTime(1.0, 1 / time_power),
-                 log_every=max(1, steps // 10))
-    field = result.ema_model if result.ema_model is not None else result.model
-    field.eval()
-    for p in field.parameters():
-        p.requires_grad_(False)
-    return field, time.process_time() - cpu0
 
 
 def density_map(geometry: Geometry, field: nn.Module, n_lat: int, n_lon: int,
@@ -503,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
                     default=DEFAULT_FOURIER_SCALES,
                     help="σ of the Fourier frequency matrix, one for all or S,NAME=S,... "
                          f"(default {format_per_catalogue(DEFAULT_FOURIER_SCALES)})")
-    _common_likelihood_args(ap)
+    _common.add_likelihood_args(ap)
     ap.add_argument("--time-power", type=per_catalogue_arg("P", positive=True, rest=1.0),
                     default=DEFAULT_TIME_POWERS,
                     help="train on times t = 1 − (1 − u)^P, u ~ U(0, 1) (KumaraswamyTime(1, 1/P):"
@@ -560,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
     batch = args.batch or (256 if args.quick else 128)
     # 100: volcano's spiky density moves 0.05–0.07 nats between RK4 × N and × 2N (50 → 100 at
     # 6,000 training steps, 100 → 200 at 24,000); the other catalogues move < 0.002
-    likelihood = likelihood_from_args(args)
+    likelihood = _common.likelihood_from_args(args)
     marginal = args.marginal_target
     earth_dir = args.data_dir / "sphere" / "earth"
     if not earth_dir.is_dir():
@@ -657,8 +498,8 @@ def main(argv: list[str] | None = None) -> dict:
     feat_note = (f"[x, sin/cos of {fourier} random Fourier features, σ "
                  f"{format_per_catalogue(args.fourier_scale)}]"
                  if fourier else "raw x")
-    print(f"(threads {args.threads}; model {describe_model(hidden, layers, args.blocks)} on "
-          f"{feat_note}, {steps} "
+    model = _common.describe_model(hidden, layers, args.blocks)
+    print(f"(threads {args.threads}; model {model} on {feat_note}, {steps} "
           f"steps of batch "
           f"{batch}, {_common.describe_marginal_target(marginal)}, AdamW lr {args.lr:g} "
           f"cosine, weight decay {format_per_catalogue(args.weight_decay)}, data noise "

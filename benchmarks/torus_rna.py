@@ -7,8 +7,9 @@ Seeded random 80/10/10 splits of the 9,478 nucleotides (flowmatch.data.earth.see
 a residual MLP (flowmatch.models.ResidualMLP, six blocks of width 256, the time fed to every
 block) on (cos θ, sin θ) and integer-frequency Fourier features
 (flowmatch.models.TorusFourierFeatures) trained by Riemannian CFM on the geodesic CondOT path
-of FlatTorus(7), and the exact test NLL from the Riemannian ODE likelihood (dopri5, exact 7-term
-divergence) with the EMA weights. Beside it: a product-von-Mises kernel density estimate whose
+of FlatTorus(7) (flowmatch.training.recipes.train_flow), and the exact test NLL from the
+Riemannian ODE likelihood (flowmatch.evaluation.flow_nll: dopri5, exact 7-term divergence) with
+the EMA weights. Beside it: a product-von-Mises kernel density estimate whose
 concentration is chosen on the validation split, the uniform density (7 log 2π ≈ 12.86) and the
 published Riemannian flow matching number. NLLs are in nats w.r.t. the flat volume of
 [0, 2π)⁷.
@@ -41,23 +42,16 @@ import sys
 import time
 from pathlib import Path
 
-# the sibling scripts and _common, also when this file is imported rather than run
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
-import torch  # noqa: E402
-from sphere_earth import (  # noqa: E402
-    _common_likelihood_args,
-    describe_model,
-    flow_nll,
-    likelihood_from_args,
-    train_flow,
-)
-from torch import Tensor  # noqa: E402
+import _common  # first: sets OMP_WAIT_POLICY before torch loads OpenMP
+import torch
+from torch import Tensor
 
-from flowmatch.data.earth import seeded_split  # noqa: E402
-from flowmatch.data.rna import load_rna  # noqa: E402
-from flowmatch.geometry.torus import FlatTorus  # noqa: E402
-from flowmatch.models.features import TorusFourierFeatures  # noqa: E402
+from flowmatch.data.earth import seeded_split
+from flowmatch.data.rna import load_rna
+from flowmatch.evaluation import flow_nll
+from flowmatch.geometry.torus import FlatTorus
+from flowmatch.models.features import TorusFourierFeatures
+from flowmatch.training.recipes import train_flow
 
 PUBLISHED = {"published: Riemannian flow matching (Chen & Lipman 2024)": -5.20}
 
@@ -140,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="integer-frequency Fourier features (0: per-angle cos, sin only)")
     ap.add_argument("--fourier-scale", type=float, default=2.0,
                     help="σ of the integer frequency matrix")
-    _common_likelihood_args(ap)
+    _common.add_likelihood_args(ap)
     ap.add_argument("--time-power", type=float, default=1.0,
                     help="train on times t = 1 − (1 − u)^P (KumaraswamyTime(1, 1/P)); 1: uniform")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
@@ -165,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     layers = args.layers or (3 if args.quick else 4)
     blocks = args.blocks if args.blocks is not None else (2 if args.quick else 6)
     batch = args.batch or (256 if args.quick else 1024)
-    likelihood = likelihood_from_args(args)
+    likelihood = _common.likelihood_from_args(args)
     fourier = args.fourier if args.fourier is not None else (32 if args.quick else 128)
     marginal = args.marginal_target
     path = args.data_dir / "torus" / "rna.tsv"
@@ -218,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{check['refined']} → {check['nll_refined']:.4f}")
     feat_note = (f"(cos, sin) + {fourier} integer Fourier features σ={args.fourier_scale:g}"
                  if fourier else "(cos, sin) features")
-    print(f"(threads {args.threads}; model {describe_model(hidden, layers, blocks)} on "
+    print(f"(threads {args.threads}; model {_common.describe_model(hidden, layers, blocks)} on "
           f"{feat_note}, "
           f"{steps} steps of batch {batch}, {_common.describe_marginal_target(marginal)}, "
           f"AdamW lr {args.lr:g} cosine, weight decay {args.weight_decay:g}, data noise "
