@@ -152,6 +152,36 @@ def steps_per_interval(grid: Sequence[float], num_steps: int | None, step_size: 
     return [max(1, math.ceil(s / h - 1e-9)) for s in spans]
 
 
+def interval_steps(grid: Sequence[float], counts: Sequence[int]
+                   ) -> tuple[list[float], list[float], list[float], list[bool]]:
+    """(starts, lengths, ends, ends-an-interval flags) of ``counts[i]`` equal sub-steps of each
+    interval [a, b] of ``grid``: h = (b − a)/n, starts a + k h, the last one ending on b exactly
+    (the Riemannian solver's rule)."""
+    starts, hs, ends, marks = [], [], [], []
+    for (a, b), n in zip(pairwise(grid), counts, strict=True):
+        h = (b - a) / n
+        for k in range(n):
+            starts.append(a + k * h)
+            hs.append(h)
+            ends.append(b if k == n - 1 else a + (k + 1) * h)
+            marks.append(k == n - 1)
+    return starts, hs, ends, marks
+
+
+def forward_steps(
+    time_grid: Sequence[float] | Tensor | None,
+    num_steps: int | None,
+    step_size: float | None,
+) -> tuple[list[float], list[float], list[float], list[bool]]:
+    """:func:`forward_step_times` as (starts, lengths t_{i+1} − t_i, ends, ends-a-grid-point
+    flags), the form the engine's :func:`~flowmatch.solvers.engine.float_steps` takes."""
+    times, marks = forward_step_times(time_grid, num_steps, step_size)
+    wanted = set(marks)
+    n = len(times) - 1
+    return (times[:-1], [times[i + 1] - times[i] for i in range(n)], times[1:],
+            [i + 1 in wanted for i in range(n)])
+
+
 def forward_step_times(
     time_grid: Sequence[float] | Tensor | None,
     num_steps: int | None,

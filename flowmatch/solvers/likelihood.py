@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from flowmatch.solvers.divergence import (
     ProjU,
@@ -34,7 +33,8 @@ from flowmatch.solvers.divergence import (
     divergence_of_output,
     sample_probe,
 )
-from flowmatch.solvers.ode import EXPLICIT_RK, integrate_explicit_rk, torchdiffeq_options
+from flowmatch.solvers.engine import TABLEAUX, Flat, Solution, node_steps, solve, solve_adaptive
+from flowmatch.solvers.ode import EXPLICIT_RK, torchdiffeq_options
 
 ValueAndDivergence = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -107,10 +107,11 @@ def integrate_log_likelihood(
     enable_grad: bool,
     cond: dict[str, Any],
     proju: ProjU | None = None,
-) -> tuple[Tensor, Tensor, int]:
-    """Integrate (x, ℓ) over ``grid`` (already validated) and return (x_end, log p_start, nfe).
+) -> Solution:
+    """Integrate (x, ℓ) over ``grid`` (already validated): state (x_end, log p_start).
 
-    Called by :meth:`ODESolver.log_likelihood`, which validates the arguments.
+    Called by :meth:`ODESolver.log_likelihood`, which validates the arguments. Explicit
+    Runge–Kutta methods run in the engine's loop on the tuple state, others in torchdiffeq.
     """
     check_autograd_available()
     if x1.is_inference():  # made under inference_mode: copy it so the state can join a graph
@@ -123,14 +124,13 @@ def integrate_log_likelihood(
     with torch.set_grad_enabled(enable_grad):
         if method in EXPLICIT_RK:
             nodes = options.get("nodes", grid)
-            keep = [False] * (nodes.shape[0] - 1) + [True]
-            out, _ = integrate_explicit_rk(lambda y, t: rhs(t, y), (x1, ell0), nodes, keep,
-                                           method, x1.shape[0])
-            xs, ells = out[-1][0][None], out[-1][1][None]
+            sol = solve(lambda y, t: rhs(t, y), (x1, ell0),
+                        node_steps(nodes, TABLEAUX[method], x1.shape[0]), Flat())
+            x_end, ell_end = sol.state
         else:
-            xs, ells = odeint(rhs, (x1, ell0), grid, method=method, atol=atol, rtol=rtol,
-                              options=torchdiffeq_options(options, method, grid))
-        x_end, ell_end = xs[-1], ells[-1]
+            sol = solve_adaptive(rhs, (x1, ell0), grid, method=method, atol=atol, rtol=rtol,
+                                 options=torchdiffeq_options(options, method, grid))
+            x_end, ell_end = sol.state[0][-1], sol.state[1][-1]
         base = log_p0(x_end)
         if not torch.is_tensor(base) or base.shape != ell_end.shape:
             raise ValueError(
@@ -138,4 +138,4 @@ def integrate_log_likelihood(
                 f"{tuple(base.shape) if torch.is_tensor(base) else type(base).__name__}"
             )
         log_p = base + ell_end
-    return x_end, log_p, rhs.nfe
+    return Solution((x_end, log_p), rhs.nfe, sol.num_steps, sol.times)

@@ -14,21 +14,23 @@ Fixed-grid methods ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adam
 "implicit_adams") take one step per grid interval unless ``step_size`` or ``num_steps`` is
 given; adaptive ones ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun") choose their
 own steps from ``atol``/``rtol`` and report their states at the grid points. "euler",
-"midpoint" and "rk4" (the classical tableau) run in a lean loop of our own; every other method
-is torchdiffeq's ``odeint``.
+"midpoint" and "rk4" (the classical tableau) run in the lean explicit Runge–Kutta loop of
+:mod:`flowmatch.solvers.engine`; every other method is torchdiffeq's ``odeint``. Pass
+``return_solution=True`` to get a :class:`~flowmatch.solvers.engine.Solution` that carries the
+call's own number of field evaluations (``nfe``), steps and step times with its result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from flowmatch._validation import check_finite, validation_enabled
 from flowmatch.solvers._grid import TimeGrid, check_time_grid, step_grid
+from flowmatch.solvers.engine import TABLEAUX, Flat, Solution, node_steps, solve, solve_adaptive
 
 FIXED_METHODS: dict[str, int | None] = {
     # method -> field evaluations per step (None: varies, Adams start-up and corrector)
@@ -123,67 +125,12 @@ class _Velocity:
         return self.field(x, t.expand(self.batch), **self.cond)
 
 
-# Explicit Runge–Kutta methods integrated by our own loop rather than torchdiffeq's: these are
-# the methods sampling is timed with, and torchdiffeq's wrappers (a module call, a time cast and
-# an |x| copy per evaluation, a generic tableau step) cost 20–30 % on top of a small network's
-# forward pass. "rk4" is the classical tableau (torchdiffeq's "rk4" is the 3/8 rule, also of
-# order 4).
+# Explicit Runge–Kutta methods integrated by the engine's loop rather than torchdiffeq's: these
+# are the methods sampling is timed with, and torchdiffeq's wrappers (a module call, a time cast
+# and an |x| copy per evaluation, a generic tableau step) cost 20–30 % on top of a small
+# network's forward pass. "rk4" is the classical tableau (torchdiffeq's "rk4" is the 3/8 rule,
+# also of order 4).
 EXPLICIT_RK: tuple[str, ...] = ("euler", "midpoint", "rk4")
-
-State = Tensor | tuple[Tensor, ...]
-
-
-def _axpy(y: State, k: State, a: float) -> State:
-    """y + a k on a tensor or a tuple of tensors (one fresh tensor each, y and k untouched)."""
-    if isinstance(y, Tensor):
-        return torch.add(y, k, alpha=a)
-    return tuple(torch.add(yi, ki, alpha=a) for yi, ki in zip(y, k, strict=True))
-
-
-def _rk4_update(y: State, k1: State, k2: State, k3: State, k4: State, h: float) -> State:
-    """y + h/6 (k1 + 2 k2 + 2 k3 + k4), accumulated in place into one fresh tensor."""
-    if isinstance(y, Tensor):
-        return (torch.add(y, k1, alpha=h / 6).add_(k2, alpha=h / 3).add_(k3, alpha=h / 3)
-                .add_(k4, alpha=h / 6))
-    return tuple(_rk4_update(*parts, h) for parts in zip(y, k1, k2, k3, k4, strict=True))
-
-
-def integrate_explicit_rk(
-    f: Callable[[State, Tensor], State],
-    y0: State,
-    nodes: Tensor,
-    keep: Sequence[bool],
-    method: str,
-    batch: int,
-) -> tuple[list[State], int]:
-    """Integrate ẏ = f(y, t) over ``nodes`` (one step per interval) with euler/midpoint/rk4.
-
-    ``f`` receives t of shape [B] (a stride-0 view, no copy). Returns the states at the nodes
-    flagged in ``keep`` (the first node's state is y0 itself) and the number of evaluations.
-    """
-    n = nodes.shape[0] - 1
-    # all stage times as stride-0 [B] views, made up front so the loop allocates no times
-    t_node = nodes[:, None].expand(n + 1, batch).unbind(0)
-    if method != "euler":
-        t_mid = ((nodes[:-1] + nodes[1:]) * 0.5)[:, None].expand(n, batch).unbind(0)
-    hs = (nodes[1:] - nodes[:-1]).tolist()
-    out = [y0] if keep[0] else []
-    y = y0
-    for i, h in enumerate(hs):
-        if method == "euler":
-            y = _axpy(y, f(y, t_node[i]), h)
-        elif method == "midpoint":
-            y = _axpy(y, f(_axpy(y, f(y, t_node[i]), 0.5 * h), t_mid[i]), h)
-        else:
-            k1 = f(y, t_node[i])
-            k2 = f(_axpy(y, k1, 0.5 * h), t_mid[i])
-            k3 = f(_axpy(y, k2, 0.5 * h), t_mid[i])
-            k4 = f(_axpy(y, k3, h), t_node[i + 1])
-            y = _rk4_update(y, k1, k2, k3, k4, h)
-        if keep[i + 1]:
-            out.append(y)
-    stages = {"euler": 1, "midpoint": 2, "rk4": 4}[method]
-    return out, n * stages
 
 
 def grid_flags(nodes: Tensor, grid: Tensor) -> list[bool]:
@@ -235,8 +182,9 @@ class ODESolver:
         return_intermediates: bool = False,
         enable_grad: bool = False,
         allow_any_time: bool = False,
+        return_solution: bool = False,
         **cond: Any,
-    ) -> Tensor:
+    ) -> Tensor | Solution:
         """Integrate ẋ = field(x, t) from ``time_grid[0]`` to ``time_grid[-1]`` starting at x0.
 
         Args:
@@ -254,6 +202,9 @@ class ODESolver:
             return_intermediates: return the states at every grid time, [len(grid), B, ...].
             enable_grad: keep the autograd graph (default: run under ``torch.no_grad``).
             allow_any_time: accept grid times outside [0, 1].
+            return_solution: return a :class:`~flowmatch.solvers.engine.Solution` whose
+                ``state`` is the usual result and which carries this call's ``nfe``, its
+                number of steps and its step times.
             **cond: conditioning passed to the field.
 
         Returns:
@@ -268,21 +219,24 @@ class ODESolver:
         with torch.set_grad_enabled(enable_grad):
             if method in EXPLICIT_RK:
                 nodes = options.get("nodes", grid)
-                field, batch = self.field, x0.shape[0]
-                keep = (grid_flags(nodes, grid) if return_intermediates
-                        else [False] * (nodes.shape[0] - 1) + [True])
+                field = self.field
+                keep = grid_flags(nodes, grid)[1:] if return_intermediates else None
                 f = field if not cond else lambda x, t: field(x, t, **cond)
-                out, self.nfe = integrate_explicit_rk(f, x0, nodes, keep, method, batch)
-                if not return_intermediates:
-                    return out[-1]
-                return torch.stack(out, dim=0)
-            rhs = _Velocity(self.field, cond, x0.shape[0])
-            try:
-                states = odeint(rhs, x0, grid, method=method, atol=atol, rtol=rtol,
-                                options=torchdiffeq_options(options, method, grid))
-            finally:
-                self.nfe = rhs.nfe
-        return states if return_intermediates else states[-1]
+                sol = solve(f, x0, node_steps(nodes, TABLEAUX[method], x0.shape[0], keep), Flat())
+                self.nfe = sol.nfe
+                out = torch.stack([x0, *sol.trajectory], dim=0) if return_intermediates \
+                    else sol.state
+            else:
+                rhs = _Velocity(self.field, cond, x0.shape[0])
+                try:
+                    sol = solve_adaptive(rhs, x0, grid, method=method, atol=atol, rtol=rtol,
+                                         options=torchdiffeq_options(options, method, grid))
+                finally:
+                    self.nfe = rhs.nfe
+                out = sol.state if return_intermediates else sol.state[-1]
+        if return_solution:
+            return Solution(out, sol.nfe, sol.num_steps, sol.times)
+        return out
 
     def log_likelihood(
         self,
@@ -300,8 +254,9 @@ class ODESolver:
         generator: torch.Generator | None = None,
         enable_grad: bool = False,
         allow_any_time: bool = False,
+        return_solution: bool = False,
         **cond: Any,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor] | Solution:
         """log-density of x1 under the flow that pushes ``log_p0`` forward.
 
         Integrates x together with ℓ̇ = div field(x, t) from ``time_grid[0]`` (default 1) to
@@ -320,7 +275,8 @@ class ODESolver:
             Other arguments as in :meth:`sample`.
 
         Returns:
-            (x0 [B, ...] at ``time_grid[-1]``, log_p1 [B]).
+            (x0 [B, ...] at ``time_grid[-1]``, log_p1 [B]); with ``return_solution`` a
+            :class:`~flowmatch.solvers.engine.Solution` with that pair as ``state``.
         """
         from flowmatch.solvers.likelihood import integrate_log_likelihood
 
@@ -332,10 +288,10 @@ class ODESolver:
         grid = as_time_grid(time_grid, (1.0, 0.0), dtype=x1.dtype, device=x1.device,
                             allow_any_time=allow_any_time)
         options = solver_options(method, grid, step_size, num_steps)
-        x0, log_p1, nfe = integrate_log_likelihood(
+        sol = integrate_log_likelihood(
             self.field, x1, log_p0, grid, method=method, options=options, atol=atol, rtol=rtol,
             exact=exact_divergence, probe=probe, generator=generator, enable_grad=enable_grad,
             cond=cond,
         )
-        self.nfe = nfe
-        return x0, log_p1
+        self.nfe = sol.nfe
+        return sol if return_solution else sol.state

@@ -1,7 +1,8 @@
 """Fixed-step ODE integration on a manifold, and the Riemannian change of variables.
 
 The flow ẋ = v(x, t) of a tangent velocity field is integrated with an explicit Runge–Kutta
-tableau (Euler, midpoint, classical RK4) in one of two ways:
+tableau (Euler, midpoint, Heun, classical RK4) by the engine of :mod:`flowmatch.solvers.engine`,
+whose state moves in one of two ways (its ``Projected`` and ``ExpMap`` motions):
 
 * ``step="projx"`` (projection method). The stages and the update are taken in the ambient
   coordinates and mapped back with ``geometry.projx``. The field is always used through
@@ -50,7 +51,6 @@ to the integrated divergence;
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import pairwise
 from typing import Any, Literal
 
 import torch
@@ -58,26 +58,26 @@ from torch import Tensor
 
 from flowmatch._validation import check_finite, validation_enabled
 from flowmatch.geometry.base import Geometry
-from flowmatch.solvers._grid import grid_as_floats, steps_per_interval
+from flowmatch.solvers._grid import grid_as_floats, interval_steps, steps_per_interval
 from flowmatch.solvers.divergence import value_and_divergence
+from flowmatch.solvers.engine import (
+    TABLEAUX,
+    Accumulate,
+    ExpMap,
+    Motion,
+    Projected,
+    Solution,
+    TupleMotion,
+    float_steps,
+    solve,
+    solve_adaptive,
+)
 
 StepMode = Literal["projx", "expmap"]
 
-# Butcher tableaux (c, A, b) of the explicit methods offered.
-_TABLEAUX: dict[str, tuple[tuple[float, ...], tuple[tuple[float, ...], ...], tuple[float, ...]]] = {
-    "euler": ((0.0,), ((),), (1.0,)),
-    "midpoint": ((0.0, 0.5), ((), (0.5,)), (0.0, 1.0)),
-    "heun": ((0.0, 1.0), ((), (1.0,)), (0.5, 0.5)),
-    "rk4": (
-        (0.0, 0.5, 0.5, 1.0),
-        ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
-        (1 / 6, 1 / 3, 1 / 3, 1 / 6),
-    ),
-}
-
 # torchdiffeq's error-controlled methods, offered for likelihoods (projection method only)
 ADAPTIVE = ("dopri5", "dopri8", "bosh3")
-METHODS = (*_TABLEAUX, *ADAPTIVE)
+METHODS = (*TABLEAUX, *ADAPTIVE)
 
 
 def _max_norm(scaled_error: Tensor | tuple[Tensor, ...]) -> Tensor:
@@ -90,13 +90,9 @@ def _max_norm(scaled_error: Tensor | tuple[Tensor, ...]) -> Tensor:
     return scaled_error.abs().max()
 
 
-def _lincomb(base: Tensor | None, coeffs: tuple[float, ...], vecs: list, h: float) -> Tensor:
-    """base + h Σ_j coeffs[j] vecs[j] over the nonzero coefficients, one fused op per term."""
-    out = base
-    for c, v in zip(coeffs, vecs, strict=False):  # coeffs of a stage may be shorter than vecs
-        if c != 0.0:
-            out = v * (h * c) if out is None else out.add(v, alpha=h * c)
-    return out
+def _motion(geometry: Geometry, step: str, project: bool) -> Motion:
+    """The engine's motion of a step mode: the projection method or RK in normal coordinates."""
+    return Projected(geometry, project) if step == "projx" else ExpMap(geometry, project)
 
 
 class RiemannianODESolver:
@@ -126,7 +122,7 @@ class RiemannianODESolver:
     # -- argument checks -----------------------------------------------------------------
     @staticmethod
     def _check_options(method: str, step: str, *, adaptive_ok: bool = False) -> None:
-        allowed = METHODS if adaptive_ok else tuple(_TABLEAUX)
+        allowed = METHODS if adaptive_ok else tuple(TABLEAUX)
         if method not in allowed:
             raise ValueError(f"method must be one of {allowed}, got {method!r}")
         if step not in ("projx", "expmap"):
@@ -139,50 +135,6 @@ class RiemannianODESolver:
         v = self.field(x, x.new_full((x.shape[0],), t), **cond)
         # skipped only where proju was found to be the identity (flat coordinates)
         return self.geometry.proju(x, v) if self._project_velocity else v
-
-    # -- one Runge–Kutta step ------------------------------------------------------------
-    def _rk_step(
-        self,
-        x: Tensor,
-        t: float,
-        h: float,
-        tableau,
-        step: str,
-        project: bool,
-        stage_fn: Callable[[Tensor, float], tuple[Tensor, Tensor | None]],
-    ) -> tuple[Tensor, Tensor | None]:
-        """Advance x by h; returns (x_next, h Σ b_i s_i) where s_i are the stage scalars."""
-        g = self.geometry
-        c, a, b = tableau
-        ks: list[Tensor] = []
-        scal: list[Tensor | None] = []
-        for i, ci in enumerate(c):
-            if i == 0:
-                y = x
-            else:
-                if step == "expmap":
-                    y = g.expmap(x, _lincomb(None, a[i], ks, h))
-                else:
-                    y = _lincomb(x, a[i], ks, h)
-                    if project:
-                        y = g.projx(y)
-            k, s = stage_fn(y, t + ci * h)
-            if step == "expmap" and i > 0:
-                # pull the stage velocity back to the normal chart at x: D log_x(y)[k]
-                k = torch.func.jvp(lambda p: g.logmap(x, p), (y,), (k,))[1]
-            ks.append(k)
-            scal.append(s)
-        if step == "expmap":
-            x_next = g.expmap(x, g.proju(x, _lincomb(None, b, ks, h)))
-            if project:
-                x_next = g.projx(x_next)  # removes rounding drift only
-        else:
-            x_next = _lincomb(x, b, ks, h)
-            if project:
-                x_next = g.projx(x_next)
-        if scal[0] is None:
-            return x_next, None
-        return x_next, _lincomb(None, b, scal, h)
 
     # -- sampling ------------------------------------------------------------------------
     def sample(
@@ -197,8 +149,9 @@ class RiemannianODESolver:
         project_every_step: bool = True,
         return_intermediates: bool = False,
         enable_grad: bool = False,
+        return_solution: bool = False,
         **cond: Any,
-    ) -> Tensor:
+    ) -> Tensor | Solution:
         """Integrate from ``time_grid[0]`` to ``time_grid[-1]`` starting at points ``x0``.
 
         ``time_grid`` (default [0, 1]) may increase or decrease; its times are always hit
@@ -208,33 +161,32 @@ class RiemannianODESolver:
         projected onto the tangent space) and projects only the returned points.
 
         Returns the final points [B, *point_shape], or with ``return_intermediates`` the points
-        at every grid time, [len(time_grid), B, *point_shape].
+        at every grid time, [len(time_grid), B, *point_shape]; with ``return_solution`` a
+        :class:`~flowmatch.solvers.engine.Solution` holding that result as ``state`` together
+        with this call's ``nfe``, number of steps and step times.
         """
         g = self.geometry
         self._check_options(method, step)
         g.validate(x0, "x0")
         grid = grid_as_floats(time_grid, (0.0, 1.0))
         counts = steps_per_interval(grid, num_steps, step_size, spread="proportional")
-        tableau = _TABLEAUX[method]
+        starts, hs, ends, marks = interval_steps(grid, counts)
         self.nfe = 0
         self._project_velocity = x0.shape[0] == 0 or not self._uses_identity_projection(x0)
 
-        def stage(y: Tensor, t: float) -> tuple[Tensor, None]:
-            return self._velocity(y, t, cond), None
+        def velocity(y: Tensor, t: float) -> Tensor:
+            return self._velocity(y, t, cond)
 
-        x = x0
-        out = [x0] if return_intermediates else None
+        steps = float_steps(starts, hs, ends, TABLEAUX[method],
+                            marks if return_intermediates else None)
         with torch.set_grad_enabled(enable_grad):
-            for (ta, tb), n in zip(pairwise(grid), counts, strict=True):
-                h = (tb - ta) / n
-                for k in range(n):
-                    x, _ = self._rk_step(x, ta + k * h, h, tableau, step, project_every_step,
-                                         stage)
-                if out is not None:
-                    out.append(x if project_every_step else g.projx(x))
-        if out is not None:
-            return torch.stack(out, dim=0)
-        return x if project_every_step else g.projx(x)
+            sol = solve(velocity, x0, steps, _motion(g, step, project_every_step))
+            if return_intermediates:
+                out = torch.stack([x0, *(x if project_every_step else g.projx(x)
+                                         for x in sol.trajectory)], dim=0)
+            else:
+                out = sol.state if project_every_step else g.projx(sol.state)
+        return Solution(out, sol.nfe, sol.num_steps, sol.times) if return_solution else out
 
     # -- likelihood ----------------------------------------------------------------------
     def _uses_identity_projection(self, x: Tensor) -> bool:
@@ -269,8 +221,9 @@ class RiemannianODESolver:
         enable_grad: bool = False,
         atol: float = 1e-5,
         rtol: float = 1e-5,
+        return_solution: bool = False,
         **cond: Any,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor] | Solution:
         """log p_1(x1) under the flow that pushes ``geometry``'s base distribution to t = 1.
 
         Integrates ẋ = v(x, t) and the divergence from ``time_grid[0]`` (default 1) down to
@@ -289,7 +242,8 @@ class RiemannianODESolver:
         the projection method: the ambient ODE of F(y) = P_{π(y)} f(π(y)), projected at the
         end (F leaves the manifold invariant, see the module docstring).
 
-        Returns (x0 [B, *point_shape], log_p1 [B]).
+        Returns (x0 [B, *point_shape], log_p1 [B]); with ``return_solution`` a
+        :class:`~flowmatch.solvers.engine.Solution` with that pair as ``state``.
         """
         g = self.geometry
         self._check_options(method, step, adaptive_ok=True)
@@ -310,7 +264,8 @@ class RiemannianODESolver:
             counts = steps_per_interval(grid, num_steps, step_size, spread="proportional")
         self.nfe = 0
         if x1.shape[0] == 0:
-            return x1, x1.new_zeros((0,))
+            out = (x1, x1.new_zeros((0,)))
+            return Solution(out, 0, 0, tuple(grid)) if return_solution else out
         proju = None if self._uses_identity_projection(x1) else g.proju
         self._project_velocity = proju is not None
         # one Gaussian probe per trajectory, held fixed (projected afresh at every point)
@@ -318,31 +273,29 @@ class RiemannianODESolver:
             x1.shape, generator=generator, dtype=x1.dtype, device=x1.device)
         stage = self._divergence_fn(cond, exact_divergence, probe, proju, enable_grad)
 
-        x = x1
         # acc = ∫_{t_start}^{t_end} div v dt along the trajectory
         acc = torch.zeros(x1.shape[0], dtype=x1.dtype, device=x1.device)
         with torch.set_grad_enabled(enable_grad):
             if method in ADAPTIVE:
-                x, acc = self._adaptive_likelihood(x1, grid, method, atol, rtol, stage)
+                sol = self._adaptive_likelihood(x1, acc, grid, method, atol, rtol, stage)
             else:
-                for (ta, tb), n in zip(pairwise(grid), counts, strict=True):
-                    h = (tb - ta) / n
-                    for k in range(n):
-                        x, ds = self._rk_step(x, ta + k * h, h, _TABLEAUX[method], step, True,
-                                              stage)
-                        acc = acc + ds
+                # (x, acc) with acc a quadrature: the stages see x only
+                steps = float_steps(*interval_steps(grid, counts)[:3], TABLEAUX[method])
+                sol = solve(lambda state, t: stage(state[0], t), (x1, acc), steps,
+                            TupleMotion(_motion(g, step, True), Accumulate()))
+            x, acc = sol.state
             # ∫_{t_end}^{t_start} div = −acc;  log p(start) = log p(end) − ∫_{end}^{start} div
             log_p = g.base_log_prob(x) + acc
             log_p = log_p - 0.5 * (g.metric_logdet(x1) - g.metric_logdet(x))
         if validation_enabled():
             check_finite("log_p1", log_p.detach())
+        if return_solution:
+            return Solution((x, log_p), sol.nfe, sol.num_steps, sol.times)
         return x, log_p
 
-    def _adaptive_likelihood(self, x1: Tensor, grid: list[float], method: str, atol: float,
-                             rtol: float, stage) -> tuple[Tensor, Tensor]:
+    def _adaptive_likelihood(self, x1: Tensor, acc0: Tensor, grid: list[float], method: str,
+                             atol: float, rtol: float, stage) -> Solution:
         """(x at grid[-1], ∫ div v dt) by torchdiffeq on the ambient ODE of F = P f ∘ π."""
-        from torchdiffeq import odeint
-
         g = self.geometry
 
         def rhs(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -351,10 +304,10 @@ class RiemannianODESolver:
             return v, div
 
         times = torch.tensor(grid, dtype=x1.dtype, device=x1.device)
-        acc0 = torch.zeros(x1.shape[0], dtype=x1.dtype, device=x1.device)
-        xs, accs = odeint(rhs, (x1, acc0), times, method=method, atol=atol, rtol=rtol,
-                          options={"norm": _max_norm, "step_t": times})
-        return g.projx(xs[-1]), accs[-1]
+        sol = solve_adaptive(rhs, (x1, acc0), times, method=method, atol=atol, rtol=rtol,
+                             options={"norm": _max_norm, "step_t": times})
+        xs, accs = sol.state
+        return Solution((g.projx(xs[-1]), accs[-1]), sol.nfe, None, sol.times)
 
     def __repr__(self) -> str:
         return f"RiemannianODESolver({self.geometry!r})"
