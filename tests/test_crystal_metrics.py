@@ -58,3 +58,21 @@ def test_csp_metrics_count_matches_over_all_targets():
     with pytest.raises(ValueError, match="one entry per test crystal"):
         csp_metrics([[target]], [target, target])
     assert math.isnan(csp_metrics([[None]], [target]).rmse)
+
+
+def test_template_baseline_relabels_a_training_crystal_of_the_same_pattern():
+    from flowmatch.plugins.crystal.baselines import random_structures, template_structures
+
+    training = [srtio3(4.1), Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0],
+                                                                          [0.5, 0.5, 0.5]])]
+    bazro3 = Structure(Lattice.cubic(4.19), ["Ba", "Zr", "O", "O", "O"],
+                       [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    out = template_structures([bazro3.composition, Structure(
+        Lattice.cubic(3), ["Fe"], [[0, 0, 0]]).composition], training)
+    assert out[1] is None, "no training crystal with a one-element pattern"
+    assert out[0].composition == bazro3.composition
+    assert match_rms(out[0], bazro3) is not None
+    rand = random_structures([bazro3.composition], training, seed=1)[0]
+    assert rand.composition == bazro3.composition
+    per_atom = (srtio3(4.1).volume / 5 + 5.6**3 / 2) / 2
+    assert rand.volume == pytest.approx(5 * per_atom, rel=1e-9)
