@@ -110,6 +110,26 @@ def test_ema_recursion_with_moving_parameters_and_warmup():
         EMA(model, decay=1.5)
 
 
+def test_ema_with_a_decay_per_update():
+    # a callable gives update n's decay (0-based) itself: here (1 + n) / (10 + n), the video
+    # recipe's warm-up, one update earlier than warmup=True's (1 + k) / (10 + k), k = n + 1
+    model = nn.Linear(2, 1, bias=False)
+    ema = EMA(model, decay=lambda n: min(0.99, (1 + n) / (10 + n)))
+    shadow = model.weight.detach().clone()
+    for n in range(5):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        d = min(0.99, (1 + n) / (10 + n))
+        assert ema.current_decay() == d
+        ema.update(model)
+        shadow = d * shadow + (1 - d) * model.weight.detach()
+        torch.testing.assert_close(ema.module.weight, shadow)
+    with pytest.raises(ValueError, match="warmup applies to a constant decay"):
+        EMA(model, decay=lambda n: 0.9, warmup=True)
+    with pytest.raises(ValueError, match=r"decay\(0\) must lie in \[0, 1\]"):
+        EMA(model, decay=lambda n: 1.5).update(model)
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 def test_checkpoint_roundtrip_and_missing_file(tmp_path):
     state = {"w": torch.arange(5.0), "step": 3, "nested": {"lst": [1, 2.5, None]}}
@@ -167,6 +187,26 @@ def test_lr_schedules():
     assert lr_at(60, schedule="linear", **kw) == pytest.approx(0.5)
     assert lr_at(109, schedule="cosine", **kw) == pytest.approx(
         0.5 * (1 + math.cos(math.pi * 99 / 100)))
+
+
+def test_lr_at_with_a_callable_schedule_multiplies_the_warmup():
+    # lr · min(1, (k + 1)/W) · f(k, k/steps), bit-identical to that formula in one expression
+    # (as the video recipe wrote its rate): the warm-up multiplies a schedule over the whole run
+    def cosine(step, progress):
+        return 0.5 * (1 + np.cos(np.pi * progress))
+
+    for step in range(0, 120, 3):
+        expected = 2e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + np.cos(np.pi * (step / 120)))
+        assert lr_at(step, lr=2e-3, steps=120, schedule=cosine, warmup_steps=50) == expected
+    assert lr_at(7, lr=2.0, steps=10, schedule=lambda k, p: 1 - p, warmup_steps=0) == \
+        pytest.approx(0.6)
+    # the wall-clock mode: a named schedule of the progress, times the warm-up
+    kw = dict(lr=1.0, steps=None, warmup_steps=4)
+    assert lr_at(1, schedule="linear", progress=0.25, **kw) == pytest.approx(0.5 * 0.75)
+    assert lr_at(9, schedule="cosine", progress=0.5, **kw) == pytest.approx(0.5)
+    assert lr_at(9, schedule="constant", progress=0.9, **kw) == 1.0
+    with pytest.raises(ValueError, match="finite factor ≥ 0"):
+        lr_at(0, lr=1.0, steps=5, schedule=lambda k, p: float("nan"), warmup_steps=0)
 
 
 def test_time_samplers():
@@ -381,6 +421,46 @@ def test_fit_validation_errors():
     with pytest.raises(ValueError, match="must lie on"):
         fit(MLP(3, 16, 2), lambda n, g: torch.randn(n, 3, generator=g) * 3, path, sphere,
             steps=2, batch_size=4, progress=False)
+
+
+def test_fit_with_a_callable_lr_schedule_and_ema_decay():
+    data, seen = EightGaussians(), []
+
+    def schedule(step, progress):
+        seen.append((step, progress))
+        return 1.0
+
+    torch.manual_seed(0)
+    model = MLP(2, 16, 2)
+    result = fit(model, data.sample, CondOTPath(), steps=8, batch_size=16, lr_schedule=schedule,
+                 warmup_steps=20, ema_decay=lambda n: 0.0, progress=False)
+    assert seen == [(k, k / 8) for k in range(8)]  # warm-up may exceed steps here
+    for p, q in zip(result.model.parameters(), result.ema_model.parameters(), strict=True):
+        assert torch.equal(p, q)  # decay 0: the average is the last model
+
+
+def test_fit_with_a_wall_clock_budget(tmp_path):
+    data, progresses = EightGaussians(), []
+
+    def schedule(step, progress):
+        progresses.append(progress)
+        return 1.0 - progress
+
+    result = fit(MLP(2, 16, 2), data.sample, CondOTPath(), batch_size=16, budget_s=0.3,
+                 lr_schedule=schedule, progress=False, log_every=1000)
+    assert result.steps == len(result.losses) == len(progresses) >= 1
+    assert progresses == sorted(progresses) and 0 <= progresses[0] and progresses[-1] < 1
+    capped = fit(MLP(2, 16, 2), data.sample, CondOTPath(), steps=5, batch_size=16,
+                 budget_s=60.0, progress=False)
+    assert capped.steps == len(capped.losses) == 5
+    with pytest.raises(ValueError, match="cannot be resumed exactly"):
+        fit(MLP(2, 16, 2), data.sample, CondOTPath(), batch_size=16, budget_s=1.0,
+            checkpoint_path=tmp_path / "c.pt", progress=False)
+    with pytest.raises(ValueError, match="budget_s must be a positive number"):
+        fit(MLP(2, 16, 2), data.sample, CondOTPath(), batch_size=16, budget_s=0,
+            progress=False)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        fit(MLP(2, 16, 2), data.sample, CondOTPath(), batch_size=16, progress=False)
 
 
 def test_fit_refuses_a_path_without_velocity_target():

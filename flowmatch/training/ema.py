@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,16 +18,23 @@ class EMA(nn.Module):
 
     so after n updates from θ̄₀ with a constant θ: θ̄ₙ = θ + dⁿ (θ̄₀ − θ). With ``warmup=True``
     the decay of the k-th update (k = 1, 2, …) is min(d, (1 + k) / (10 + k)), which lets the
-    average forget the random initialisation quickly early in training. Buffers (e.g. batch-norm
+    average forget the random initialisation quickly early in training. ``decay`` may instead
+    be a callable n ↦ d_n giving the decay of update n (0-based) itself, e.g. another
+    warm-up convention; it must return values in [0, 1]. Buffers (e.g. batch-norm
     statistics) are copied, not averaged. ``ema.module`` is the averaged model (in eval mode,
     no gradients) and ``ema(x, t, ...)`` calls it.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999, *, warmup: bool = False) -> None:
+    def __init__(self, model: nn.Module, decay: float | Callable[[int], float] = 0.999, *,
+                 warmup: bool = False) -> None:
         super().__init__()
-        if not 0.0 <= decay <= 1.0:
+        if callable(decay):
+            if warmup:
+                raise ValueError("warmup applies to a constant decay; a callable decay gives "
+                                 "every update's decay itself")
+        elif not 0.0 <= decay <= 1.0:
             raise ValueError(f"decay must lie in [0, 1], got {decay!r}")
-        self.decay = float(decay)
+        self.decay = decay if callable(decay) else float(decay)
         self.warmup = bool(warmup)
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
@@ -37,6 +45,11 @@ class EMA(nn.Module):
 
     def current_decay(self) -> float:
         """The decay the next ``update()`` will use."""
+        if callable(self.decay):
+            d = self.decay(self._count)
+            if not 0.0 <= d <= 1.0:
+                raise ValueError(f"decay({self._count}) must lie in [0, 1], got {d!r}")
+            return float(d)
         if not self.warmup:
             return self.decay
         k = self._count + 1
@@ -77,7 +90,9 @@ class EMA(nn.Module):
         return self.module(*args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"decay={self.decay:g}, warmup={self.warmup}"
+        decay = getattr(self.decay, "__qualname__", repr(self.decay)) if callable(self.decay) \
+            else f"{self.decay:g}"
+        return f"decay={decay}, warmup={self.warmup}"
 
 
 def _sync_count(module: EMA, incompatible_keys: object) -> None:

@@ -1,12 +1,20 @@
-"""A compact, resumable flow-matching training loop."""
+"""A compact, resumable flow-matching training loop for any path on any geometry.
+
+One loop trains tensors on a manifold, products of named factors (with ragged batches: one
+lattice row per crystal, one coordinate row per atom), discrete token sequences, and joint
+continuous + discrete products. What varies is what ``sample_data`` returns, what the path's
+``sample`` returns, and which loss compares the model's output with it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,20 +23,32 @@ from torch import Tensor, nn
 
 from flowmatch._validation import check_finite, no_validation
 from flowmatch.geometry.base import Geometry
+from flowmatch.geometry.discrete import Discrete
+from flowmatch.geometry.product import Product, ProductPoint
 from flowmatch.models.guidance import drop_condition
 from flowmatch.paths.base import ProbPath
 from flowmatch.paths.marginal import marginal_velocity, supports_marginal_velocity
+from flowmatch.paths.mixture import MixtureDiscretePath
+from flowmatch.paths.product import ProductPath
 from flowmatch.training.checkpoint import load_checkpoint, save_checkpoint
+from flowmatch.training.discrete_loss import discrete_cross_entropy
 from flowmatch.training.ema import EMA
 from flowmatch.training.loss import cfm_loss
+from flowmatch.training.product_loss import product_loss
 from flowmatch.training.time_sampling import UniformTime
 
 _SCHEDULES = ("constant", "cosine", "linear")
+_ROWS = ("mean", "sum")
 _FORMAT = "flowmatch.fit/1"
 # training settings a resumed run must share with the checkpoint, or the continuation would not
 # be the run the user asked for
 _RESUME_KEYS = ("steps", "batch_size", "lr", "weight_decay", "ema_decay", "ema_warmup",
-                "lr_schedule", "warmup_steps", "seed", "cond_dropout", "marginal_target")
+                "lr_schedule", "warmup_steps", "seed", "cond_dropout", "marginal_target",
+                "loss", "loss_weights", "rows")
+# the value a checkpoint written before the key existed was trained with
+_RESUME_DEFAULTS = {"loss": None, "loss_weights": None, "rows": "mean"}
+
+Batch = Tensor | Mapping[str, Tensor]
 
 
 @dataclass
@@ -37,7 +57,9 @@ class FitResult:
 
     ``losses[k]`` is the training loss of update k (0-based, the whole run including the steps
     done before a resume); ``ema_model`` is the averaged model (None when ``ema_decay=None``) —
-    usually the one to sample from; ``resumed_from`` is the step a checkpoint was resumed at.
+    usually the one to sample from; ``steps`` is the number of updates done (the run's
+    ``steps``, or as many as fitted in ``budget_s``); ``resumed_from`` is the step a
+    checkpoint was resumed at.
     """
 
     model: nn.Module
@@ -48,20 +70,67 @@ class FitResult:
     seconds: float = 0.0
 
 
-def lr_at(step: int, *, lr: float, steps: int, schedule: str, warmup_steps: int) -> float:
-    """Learning rate of update ``step`` (0-based): linear warm-up, then constant/cosine/linear."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return lr
-    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-    if schedule == "cosine":
-        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return lr * (1.0 - progress)
+def lr_at(step: int, *, lr: float, steps: int | None, schedule: str | Callable[[int, float], float],
+          warmup_steps: int, progress: float | None = None) -> float:
+    """Learning rate of update ``step`` (0-based).
+
+    A named ``schedule`` ("constant", "cosine" or "linear", to 0) follows ``warmup_steps`` of
+    linear warm-up and spans the remaining steps. A callable ``schedule(step, progress)``
+    returns a factor of the run's ``progress`` ∈ [0, 1) (default step / steps), and the rate is
+    lr · min(1, (step + 1) / warmup_steps) · factor: the warm-up multiplies a schedule that
+    spans the whole run. Giving ``progress`` (the wall-clock mode of :func:`fit`, elapsed /
+    budget) evaluates a named schedule that way too.
+    """
+    if progress is None and not callable(schedule):
+        if step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        if schedule == "constant":
+            return lr
+        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+        if schedule == "cosine":
+            return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return lr * (1.0 - progress)
+    if progress is None:
+        progress = step / steps
+    if callable(schedule):
+        factor = schedule(step, progress)
+    elif schedule == "constant":
+        factor = 1.0
+    elif schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        factor = 1.0 - progress
+    if not (factor >= 0 and math.isfinite(factor)):
+        raise ValueError(f"lr_schedule({step}, {progress:.4g}) must be a finite factor ≥ 0, "
+                         f"got {factor!r}")
+    # (lr · warm-up) · factor, in this order: a schedule written as one expression
+    # lr · warm-up · f gets exactly the same rate from its factor f
+    if warmup_steps:
+        return float(lr * min(1.0, (step + 1) / warmup_steps) * factor)
+    return float(lr * factor)
 
 
-def _check_marginal_target(marginal_target: Any, path: ProbPath, geometry: Geometry | None,
+def _describe(value: Any) -> Any:
+    """A plain, stable stand-in for a setting in the checkpoint's config (no memory addresses)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if torch.is_tensor(value):
+        return f"tensor{list(value.shape)}"
+    if isinstance(value, Mapping):
+        return {str(k): _describe(v) for k, v in value.items()}
+    if inspect.isfunction(value) or inspect.ismethod(value) or inspect.isbuiltin(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    if type(value).__repr__ is not object.__repr__:
+        return repr(value)
+    return type(value).__qualname__
+
+
+def _check_marginal_target(marginal_target: Any, path: Any, geometry: Geometry | None,
                            coupling: Any) -> None:
+    if isinstance(path, ProductPath) or isinstance(geometry, Product) \
+            or isinstance(path, MixtureDiscretePath) or getattr(geometry, "is_discrete", False):
+        raise ValueError("marginal_target is for tensor data on a continuous path; got "
+                         f"path {path!r} on {geometry!r} (drop marginal_target)")
     if torch.is_tensor(marginal_target):
         if marginal_target.dim() < 1 or marginal_target.shape[0] == 0:
             raise ValueError("marginal_target as a Tensor must hold reference points "
@@ -79,51 +148,96 @@ def _check_marginal_target(marginal_target: Any, path: ProbPath, geometry: Geome
     if coupling is not None:
         raise ValueError("marginal_target assumes independent coupling (the conditional "
                          "density of x_t given x1 is the contracted source); drop coupling")
-    base_scale = getattr(geometry, "base_scale", 1.0)
-    if not hasattr(path, "geometry") and (geometry is not None and (
-            type(geometry).__name__ != "Euclidean" or base_scale != 1.0)):
+    if not hasattr(path, "geometry") and geometry is not None and not (
+            type(geometry).__name__ == "Euclidean" and geometry.standard_base):
         raise ValueError("marginal_target with an affine path assumes the N(0, I) source; "
                          f"fit draws the source from {geometry}")
 
 
-def _describe_marginal_target(marginal_target: Any) -> Any:
-    if torch.is_tensor(marginal_target):
-        return f"tensor{list(marginal_target.shape)}"
-    return marginal_target
+def _check_product(path: Any, geometry: Geometry | None, *, coupling: Any,
+                   loss_weights: Mapping[str, float] | None) -> None:
+    if not isinstance(geometry, Product):
+        raise ValueError(f"a ProductPath trains on a Product geometry (it draws each factor's "
+                         f"source and measures its loss there); got geometry={geometry!r}")
+    if set(path.factors) != set(geometry.factors):
+        raise ValueError(f"path and geometry must have the same factors, got path "
+                         f"{sorted(path.factors)} and geometry {sorted(geometry.factors)}")
+    if coupling is not None:
+        raise ValueError("coupling pairs tensor batches; it is not defined for product points "
+                         "(drop coupling)")
+    for name, weight in (loss_weights or {}).items():
+        if name not in geometry.factors:
+            raise ValueError(f"loss_weights names {name!r}, which is not a factor of "
+                             f"{sorted(geometry.factors)}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                or not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"loss_weights[{name!r}] must be a finite number ≥ 0, got "
+                             f"{weight!r}")
 
 
-def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
-    if torch.is_tensor(batch):
+def _split_batch(batch: Any) -> tuple[Batch, Tensor | None]:
+    if torch.is_tensor(batch) or isinstance(batch, Mapping):
         return batch, None
-    if isinstance(batch, tuple) and len(batch) == 2 and torch.is_tensor(batch[0]):
+    if isinstance(batch, tuple) and len(batch) == 2 and (
+            torch.is_tensor(batch[0]) or isinstance(batch[0], Mapping)):
         return batch[0], batch[1]
     raise TypeError(
-        "sample_data(batch_size, generator) must return a Tensor x1 or a tuple (x1, cond), "
+        "sample_data(batch_size, generator) must return a Tensor x1, a mapping factor → tensor "
+        "(a ProductPoint for ragged batches) or a tuple (x1, cond), "
         f"got {type(batch).__name__}"
     )
+
+
+def _num_samples(x1: Batch) -> int:
+    """Samples in a batch: rows of a tensor, crystals (not atoms) of a ragged ProductPoint."""
+    if torch.is_tensor(x1):
+        return int(x1.shape[0])
+    if isinstance(x1, ProductPoint):
+        return x1.num_samples
+    rows = {k: int(v.shape[0]) if torch.is_tensor(v) and v.dim() else None
+            for k, v in x1.items()}
+    if len(set(rows.values())) != 1 or None in rows.values():
+        raise ValueError(f"the factors of sample_data's mapping must all lead with the sample "
+                         f"dimension, got rows {rows}; give a ProductPoint whose segments say "
+                         "which sample each row of a ragged factor belongs to")
+    return next(iter(rows.values()))
+
+
+def _move(x1: Batch, device: torch.device, dtype: torch.dtype, *, cast: bool) -> Batch:
+    """To ``device``; floating tensors (all tensors, with ``cast``) to ``dtype``."""
+    if torch.is_tensor(x1):
+        return x1.to(device=device, dtype=dtype if cast or x1.is_floating_point() else None)
+    if isinstance(x1, ProductPoint):
+        return x1.to(device=device, dtype=dtype)
+    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None)
+            for k, v in x1.items()}
 
 
 def fit(
     model: nn.Module,
     sample_data: Callable[[int, torch.Generator], Any],
-    path: ProbPath,
+    path: ProbPath | ProductPath,
     geometry: Geometry | None = None,
     *,
-    steps: int,
+    steps: int | None = None,
     batch_size: int,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
-    ema_decay: float | None = 0.999,
+    ema_decay: float | Callable[[int], float] | None = 0.999,
     ema_warmup: bool = True,
     grad_clip: float | None = None,
-    lr_schedule: str = "cosine",
+    lr_schedule: str | Callable[[int, float], float] = "cosine",
     warmup_steps: int = 0,
     coupling: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     time_sampler: Callable[..., Tensor] | None = None,
     marginal_target: int | Tensor | None = None,
+    loss: Callable[[Any, Any, Geometry | None], Tensor] | None = None,
+    loss_weights: Mapping[str, float] | None = None,
+    rows: str = "mean",
     cond_dropout: float = 0.0,
     null_cond: Tensor | int | float | None = None,
     seed: int = 0,
+    budget_s: float | None = None,
     checkpoint_path: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     resume: bool = True,
@@ -132,42 +246,85 @@ def fit(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> FitResult:
-    """Train a velocity field by conditional flow matching; return a :class:`FitResult`.
+    """Train a velocity field (or a posterior over tokens) by flow matching; return a
+    :class:`FitResult`.
 
-    Each update draws data x1 = ``sample_data(batch_size, generator)`` ([B, *point_shape], or a
-    tuple (x1, cond) for conditional models), source x0 from ``geometry.sample_base`` (standard
-    normal when ``geometry`` is None), pairs them with ``coupling`` (default: as drawn), draws
-    t from ``time_sampler`` (default U(0, 1)), samples (x_t, u_t) = ``path.sample(x0, x1, t)``
-    and minimises ``cfm_loss(model(x_t, t[, cond=c]), u_t, geometry, x_t)`` with AdamW.
+    Each update draws data x1 = ``sample_data(batch_size, generator)``, source x0 =
+    ``geometry.sample_base_like(x1)`` (standard normal when ``geometry`` is None), pairs them
+    with ``coupling`` (default: as drawn), draws one time per sample from ``time_sampler``
+    (default U(0, 1)), samples the path ``path.sample(x0, x1, t)``, calls
+    ``model(x_t, t[, cond=c])`` and minimises the loss below with AdamW.
 
-    Randomness: every draw the loop makes (data, noise, times, condition dropout) comes from one
-    ``torch.Generator`` seeded with ``seed`` on ``device``; its state, the model, the optimizer,
-    the EMA and torch's global RNG state are checkpointed, so a run resumed from a checkpoint
-    reproduces the uninterrupted run's losses exactly (on the same device and software).
+    What x1 may be, and what is trained:
+
+    * a Tensor [B, *point_shape] on a continuous :class:`~flowmatch.paths.ProbPath`: the
+      (Riemannian) regression :func:`~flowmatch.training.cfm_loss` on the velocity target;
+    * a Tensor of tokens on a discrete path (``dx_t`` None, e.g.
+      :class:`~flowmatch.paths.MixtureDiscretePath` with ``geometry`` a
+      :class:`~flowmatch.geometry.Discrete`): the model returns posterior logits
+      [*x1.shape, K] and the loss is :func:`~flowmatch.training.discrete_cross_entropy`;
+    * a mapping factor → tensor — a :class:`~flowmatch.geometry.ProductPoint` of B *samples*
+      (B crystals, whatever their atom counts) for ragged batches — on a
+      :class:`~flowmatch.paths.ProductPath` with ``geometry`` a
+      :class:`~flowmatch.geometry.Product`: the model gets x_t (a ProductPoint with x1's
+      layout) and t of shape [B], returns a dict of per-factor tangent vectors / logits (fixed
+      factors may be omitted), and the loss is :func:`~flowmatch.training.product_loss`:
+      per-factor losses reduced per sample (a ragged factor by the mean over the sample's rows,
+      ``rows="mean"``, or their sum, ``"sum"``), weighted by ``loss_weights`` (1 for a factor
+      not named), summed over factors and averaged over samples;
+    * any of these as a tuple (x1, cond) for conditional models (``model(x_t, t, cond=c)``).
+
+    The first update validates the batch (sample count, finite values,
+    ``geometry.check_point``); later ones skip those checks.
+
+    Randomness: every draw the loop makes (data, noise, times, token jumps of discrete paths,
+    condition dropout) comes from one ``torch.Generator`` seeded with ``seed`` on ``device``;
+    its state, the model, the optimizer, the EMA and torch's global RNG state are
+    checkpointed, so a run resumed from a checkpoint reproduces the uninterrupted run's losses
+    exactly (on the same device and software).
 
     Args:
         steps, batch_size: number of optimiser updates and samples per update.
-        lr, weight_decay: AdamW settings. ``lr_schedule`` is "constant", "cosine" (to 0) or
-            "linear" (to 0), after ``warmup_steps`` of linear warm-up.
+        lr, weight_decay: AdamW settings.
+        lr_schedule, warmup_steps: "constant", "cosine" (to 0) or "linear" (to 0) after
+            ``warmup_steps`` of linear warm-up (:func:`lr_at`); or a callable
+            ``f(step, progress) → factor`` of the run's progress = step / steps (elapsed /
+            ``budget_s`` in the wall-clock mode), with the rate
+            lr · min(1, (step + 1) / warmup_steps) · f(step, progress): the warm-up multiplies
+            a schedule that spans the whole run (so does a named schedule under ``budget_s``).
         ema_decay, ema_warmup: decay of the parameter EMA (None: no EMA); with warm-up the k-th
-            update uses min(ema_decay, (1 + k) / (10 + k)) so that short runs do not keep a
-            large weight on the random initialisation (0.999^1000 ≈ 0.37 without it).
+            update (k = 1, 2, …) uses min(ema_decay, (1 + k) / (10 + k)) so that short runs do
+            not keep a large weight on the random initialisation (0.999^1000 ≈ 0.37 without
+            it). A callable ``ema_decay(n)`` gives the decay of update n (0-based) itself
+            (``ema_warmup`` is then ignored).
         grad_clip: clip the global gradient norm to this value (None: no clipping).
+        loss: replace the default loss: called as ``loss(prediction, sample, geometry)`` with
+            the model's output, the path sample (a :class:`~flowmatch.paths.PathSample`, or
+            for a ProductPath a :class:`~flowmatch.paths.ProductPathSample`: a dict of
+            per-factor PathSamples with ``.x_t``, ``.t``, ``.dx_t``, ``.x1``, ``.fixed``) and
+            ``geometry``; it returns a scalar or one loss per sample ([B]), which fit averages.
+        loss_weights, rows: settings of the default product loss (ProductPath only).
         marginal_target: regress on a marginal velocity instead of the conditional one
             (:func:`flowmatch.paths.marginal.marginal_velocity`): the posterior-weighted mean
             of u_t(x_t | y) over reference points y — same minimiser, far less target
             variance. An int n: the batch's own x1 plus n more draws of ``sample_data`` each
             update (Xu et al. 2023's stable target field); a Tensor [M, *point_shape]: that
-            fixed set (e.g. the whole training set, for the exact empirical marginal). Needs a
-            path with ``conditional_log_prob`` (geodesic on Sphere/FlatTorus/Euclidean, or
-            affine with the N(0, I) source), unconditional data and no ``coupling``.
+            fixed set (e.g. the whole training set, for the exact empirical marginal). Needs
+            tensor data on a path with ``conditional_log_prob`` (geodesic on
+            Sphere/FlatTorus/Euclidean, or affine with the N(0, I) source), unconditional data
+            and no ``coupling``.
+        coupling: re-pairs (x0, x1) of a tensor batch (e.g. minibatch OT).
         cond_dropout, null_cond: for conditional data, replace cond by ``null_cond`` (default
             ``model.null_cond``) with this probability, for classifier-free guidance.
+        budget_s: train until this many wall-clock seconds have passed (at most ``steps``
+            updates when ``steps`` is also given); the learning-rate schedule then spans the
+            time. The result depends on machine load, so such a run is not checkpointed.
         checkpoint_path, checkpoint_every: save atomically every ``checkpoint_every`` updates
             (None: only at the end); with ``resume=True`` an existing checkpoint is continued.
         progress, log_every: tqdm progress bar, whose loss readout (and the non-finite-loss
             check) happens every ``log_every`` updates so the loop does not synchronise per step.
-        device, dtype: move the model there first (default: where the model already is).
+        device, dtype: move the model there first (default: where the model already is); the
+            data's floating tensors follow.
 
     The model is trained in place and left in eval mode.
     """
@@ -175,16 +332,31 @@ def fit(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(sample_data):
         raise TypeError(f"sample_data must be callable, got {type(sample_data).__name__}")
-    if not isinstance(path, ProbPath):
-        raise TypeError(f"path must be a ProbPath, got {type(path).__name__}")
+    if not isinstance(path, (ProbPath, ProductPath)) and not callable(getattr(path, "sample",
+                                                                              None)):
+        raise TypeError("path must be a ProbPath or a ProductPath (anything with "
+                        f"sample(x0, x1, t)), got {type(path).__name__}")
     if geometry is not None and not isinstance(geometry, Geometry):
         raise TypeError(f"geometry must be a flowmatch Geometry, got {type(geometry).__name__}")
+    if steps is None and budget_s is None:
+        raise ValueError("steps must be a positive integer (or give budget_s), got None")
     for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
+        if name == "steps" and value is None:
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= steps:
-        raise ValueError(f"warmup_steps must be an integer in [0, steps={steps}], got "
-                         f"{warmup_steps!r}")
+    if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(
+            budget_s, (int, float)) or not (math.isfinite(budget_s) and budget_s > 0)):
+        raise ValueError(f"budget_s must be a positive number of seconds or None, got "
+                         f"{budget_s!r}")
+    if budget_s is not None and checkpoint_path is not None:
+        raise ValueError("a budget_s run depends on machine load and cannot be resumed "
+                         "exactly; drop checkpoint_path or train for a number of steps")
+    multiplied_warmup = callable(lr_schedule) or budget_s is not None
+    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0 \
+            or (not multiplied_warmup and warmup_steps > steps):
+        bound = "≥ 0" if multiplied_warmup else f"in [0, steps={steps}]"
+        raise ValueError(f"warmup_steps must be an integer {bound}, got {warmup_steps!r}")
     if checkpoint_every is not None and (not isinstance(checkpoint_every, int)
                                          or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be a positive integer or None, got "
@@ -193,14 +365,34 @@ def fit(
         raise ValueError(f"lr must be positive, got {lr!r}")
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be ≥ 0, got {weight_decay!r}")
-    if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
-        raise ValueError(f"ema_decay must lie in [0, 1] or be None, got {ema_decay!r}")
+    if ema_decay is not None and not callable(ema_decay) and not 0.0 <= ema_decay <= 1.0:
+        raise ValueError(f"ema_decay must lie in [0, 1], be a callable or None, got "
+                         f"{ema_decay!r}")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"grad_clip must be positive or None, got {grad_clip!r}")
-    if lr_schedule not in _SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {_SCHEDULES}, got {lr_schedule!r}")
+    if not callable(lr_schedule) and lr_schedule not in _SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {_SCHEDULES} or a callable "
+                         f"(step, progress) → factor, got {lr_schedule!r}")
     if not 0.0 <= cond_dropout <= 1.0:
         raise ValueError(f"cond_dropout must lie in [0, 1], got {cond_dropout!r}")
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss must be callable (prediction, sample, geometry) → loss or None, "
+                        f"got {type(loss).__name__}")
+    if rows not in _ROWS:
+        raise ValueError(f"rows must be one of {_ROWS}, got {rows!r}")
+    is_product = isinstance(path, ProductPath)
+    if is_product:
+        _check_product(path, geometry, coupling=coupling, loss_weights=loss_weights)
+    elif isinstance(geometry, Product) and isinstance(path, ProbPath):
+        raise ValueError(f"geometry is a Product, so path must be a ProductPath of its factors "
+                         f"{sorted(geometry.factors)}; got {type(path).__name__}")
+    if (loss_weights is not None or rows != "mean") and (not is_product or loss is not None):
+        raise ValueError("loss_weights and rows set the default loss of a ProductPath; "
+                         + ("a custom loss weighs and reduces factors itself" if is_product
+                            else f"path is a {type(path).__name__}"))
+    if isinstance(path, MixtureDiscretePath) and not isinstance(geometry, Discrete):
+        raise ValueError(f"a MixtureDiscretePath trains on geometry=Discrete(...) (its source "
+                         f"tokens and the cross-entropy's vocabulary); got {geometry!r}")
     if marginal_target is not None:
         _check_marginal_target(marginal_target, path, geometry, coupling)
 
@@ -216,17 +408,24 @@ def fit(
         if null_cond is None:
             raise ValueError("cond_dropout > 0 needs null_cond (or a model with .null_cond)")
     time_sampler = time_sampler or UniformTime()
+    # discrete paths (alone or as factors) draw which tokens have jumped from the generator
+    random_path = "generator" in inspect.signature(path.sample).parameters
+    # tokens stay integers; for a continuous geometry any tensor data is cast as before
+    cast_data = not getattr(geometry, "is_discrete", False)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    ema = EMA(model, ema_decay, warmup=ema_warmup) if ema_decay is not None else None
+    ema = EMA(model, ema_decay, warmup=bool(ema_warmup) and not callable(ema_decay)) \
+        if ema_decay is not None else None
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     config = {"steps": steps, "batch_size": batch_size, "lr": float(lr),
-              "weight_decay": float(weight_decay), "ema_decay": ema_decay,
+              "weight_decay": float(weight_decay), "ema_decay": _describe(ema_decay),
               "ema_warmup": bool(ema_warmup),
-              "lr_schedule": lr_schedule, "warmup_steps": warmup_steps, "seed": seed,
+              "lr_schedule": _describe(lr_schedule), "warmup_steps": warmup_steps, "seed": seed,
               "cond_dropout": float(cond_dropout),
-              "marginal_target": _describe_marginal_target(marginal_target)}
+              "marginal_target": _describe(marginal_target), "loss": _describe(loss),
+              "loss_weights": _describe(dict(loss_weights)) if loss_weights is not None
+              else None, "rows": rows}
 
     losses: list[float] = []
     start = 0
@@ -237,8 +436,9 @@ def fit(
             raise ValueError(f"checkpoint {str(checkpoint_path)!r} was not written by fit() "
                              f"(format {state.get('format')!r}, expected {_FORMAT!r})")
         saved = state["config"]
-        differ = [f"{k}: checkpoint {saved.get(k)!r} vs now {config[k]!r}"
-                  for k in _RESUME_KEYS if saved.get(k) != config[k]]
+        differ = [f"{k}: checkpoint {saved.get(k, _RESUME_DEFAULTS.get(k))!r} vs now "
+                  f"{config[k]!r}" for k in _RESUME_KEYS
+                  if saved.get(k, _RESUME_DEFAULTS.get(k)) != config[k]]
         if differ:
             raise ValueError(
                 f"cannot resume from {str(checkpoint_path)!r}: training settings differ ("
@@ -262,18 +462,41 @@ def fit(
             "losses": torch.tensor(losses, dtype=torch.float64),
         })
 
-    def draw_batch(validate: bool) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    def validate_batch(x1: Batch) -> None:
+        what = "sample_data(...) output"
+        if isinstance(x1, Mapping):
+            if not isinstance(geometry, Product):
+                raise ValueError(f"{what} is a mapping (a product batch), which needs "
+                                 f"geometry=Product(...) and a ProductPath; got {geometry!r}")
+            if not is_product and isinstance(path, ProbPath):
+                raise ValueError(f"{what} is a mapping (a product batch), which needs a "
+                                 f"ProductPath; got {type(path).__name__}")
+            if coupling is not None:
+                raise ValueError("coupling pairs tensor batches; sample_data returned a "
+                                 "product batch (drop coupling)")
+            for k, v in x1.items():
+                if not torch.is_tensor(v):
+                    raise TypeError(f"{what}[{k!r}] must be a Tensor, got {type(v).__name__}")
+                check_finite(f"{what}[{k!r}]", v)
+        else:
+            if is_product or isinstance(geometry, Product):
+                raise ValueError(f"{what} is a Tensor, but a product needs a mapping factor → "
+                                 "tensor (a ProductPoint for ragged batches)")
+            check_finite(what, x1)
+        n = _num_samples(x1)
+        if n != batch_size:
+            raise ValueError(f"sample_data returned {n} samples, expected "
+                             f"batch_size={batch_size}")
+        if geometry is not None:
+            geometry.check_point(x1, what)
+
+    def draw_batch(validate: bool) -> tuple[Batch, Batch, Tensor, dict[str, Tensor]]:
         x1, cond = _split_batch(sample_data(batch_size, generator))
         if validate:
-            if x1.shape[0] != batch_size:
-                raise ValueError(f"sample_data returned {x1.shape[0]} samples, expected "
-                                 f"batch_size={batch_size}")
-            check_finite("sample_data(...) output", x1)
-            if geometry is not None:
-                geometry.check_point(x1, "sample_data(...) output")
-        x1 = x1.to(device=device, dtype=dtype)
+            validate_batch(x1)
+        x1 = _move(x1, device, dtype, cast=cast_data)
         if geometry is not None:
-            x0 = geometry.sample_base(batch_size, generator=generator, dtype=dtype, device=device)
+            x0 = geometry.sample_base_like(x1, generator=generator, dtype=dtype, device=device)
         else:
             x0 = torch.randn(x1.shape, generator=generator, dtype=dtype, device=device)
         if coupling is not None:
@@ -311,6 +534,31 @@ def fit(
         keep = supported.reshape(-1, *([1] * (u.dim() - 1)))
         return torch.where(keep, u, sample.dx_t)
 
+    def loss_of(prediction: Any, sample: Any) -> Tensor:
+        if loss is not None:
+            if marginal_target is not None:
+                sample = dataclasses.replace(sample, dx_t=target_of(sample))
+            value = loss(prediction, sample, geometry)
+            if not torch.is_tensor(value) or value.shape not in ((), (batch_size,)):
+                got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                raise ValueError(f"loss must return a scalar tensor or one loss per sample "
+                                 f"[{batch_size}], got {got}")
+            return value.mean() if value.dim() else value
+        if isinstance(sample, Mapping):  # a ProductPathSample: one loss over the factors
+            if not isinstance(geometry, Product):
+                raise ValueError(f"{type(path).__name__}.sample returned a product sample, "
+                                 f"which needs geometry=Product(...); got {geometry!r}")
+            return product_loss(prediction, sample, geometry, loss_weights, rows=rows)[0]
+        if sample.dx_t is None:
+            if isinstance(geometry, Discrete):
+                return discrete_cross_entropy(prediction, sample.x1, sample.x_t, geometry)
+            raise TypeError(
+                f"fit regresses velocities, but {type(path).__name__}.sample returns no "
+                "velocity target (a discrete path): give geometry=Discrete(...) for the "
+                "cross-entropy on its tokens, or a loss="
+            )
+        return cfm_loss(prediction, target_of(sample), geometry, sample.x_t)
+
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     pending: list[Tensor] = []
@@ -331,32 +579,38 @@ def fit(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=steps, initial=start, disable=not progress, desc="fit", leave=False)
+    clock = time.perf_counter()
+    step = start
     try:
-        for step in range(start, steps):
+        while True:
+            if budget_s is not None:
+                run_progress: float | None = (time.perf_counter() - clock) / budget_s
+                if run_progress >= 1 or (steps is not None and step >= steps):
+                    break
+            else:
+                if step >= steps:
+                    break
+                run_progress = None  # lr_at: step / steps (a named schedule: its own form)
             # the first update validates its inputs; later ones skip the per-step checks (each
             # is a device synchronisation) since the data source and shapes are now known
             with no_validation() if step > start else contextlib.nullcontext():
                 x0, x1, t, kwargs = draw_batch(validate=step == start)
-                sample = path.sample(x0, x1, t)
-                if sample.dx_t is None:
-                    raise TypeError(
-                        f"fit regresses velocities, but {type(path).__name__}.sample returns no "
-                        "velocity target (a discrete path); train it with the discrete losses"
-                    )
+                sample = path.sample(x0, x1, t, generator=generator) if random_path \
+                    else path.sample(x0, x1, t)
                 prediction = model(sample.x_t, sample.t, **kwargs)
-                loss = cfm_loss(prediction, target_of(sample), geometry, sample.x_t)
+                value = loss_of(prediction, sample)
             lr_now = lr_at(step, lr=lr, steps=steps, schedule=lr_schedule,
-                           warmup_steps=warmup_steps)
+                           warmup_steps=warmup_steps, progress=run_progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
             if ema is not None:
                 ema.update(model)
-            pending.append(loss.detach())
+            pending.append(value.detach())
             done = step + 1
             if done % log_every == 0 or done == steps:
                 flush(done)
@@ -366,13 +620,13 @@ def fit(
                     and done % checkpoint_every == 0 and done != steps:
                 flush(done)
                 save(done)
-        flush(steps)
+            step = done
+        flush(step)
         if checkpoint_path is not None and start < steps:
             save(steps)
     finally:
         bar.close()
     model.eval()
     return FitResult(model=model, ema_model=ema.module if ema is not None else None,
-                     losses=losses, steps=steps, resumed_from=resumed_from,
+                     losses=losses, steps=step, resumed_from=resumed_from,
                      seconds=time.perf_counter() - started)
-
