@@ -34,19 +34,21 @@ only see masked tokens.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowmatch._jumps import Corrector, kappa_at, source_jump_rate
 from flowmatch._validation import check_time, validation_enabled
 from flowmatch.geometry.discrete import Discrete
 from flowmatch.paths.base import PathSample, ProbPath
 from flowmatch.paths.schedulers import ConvexScheduler
 
-Corrector = float | Callable[[float], float]
+# κ_t, κ̇_t at one time (the shared helper; the old private name stays for callers)
+_kappa = kappa_at
 
 
 class MixtureDiscretePath(ProbPath):
@@ -122,33 +124,31 @@ class MixtureDiscretePath(ProbPath):
             u = u + b * (p0 - delta)
         return u
 
+    # -- sampling ------------------------------------------------------------------------------
+    def jump_step(
+        self,
+        space: Discrete,
+        options: Mapping[str, Any] | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        checked: bool = True,
+        factor: str | None = None,
+    ) -> Any:
+        """The τ-leaping step ``step(x_t, logits, t, h) -> x_{t+h}`` of this path's CTMC.
 
-def _kappa(scheduler: ConvexScheduler, t: float) -> tuple[float, float]:
-    tt = torch.tensor([t], dtype=torch.float64)
-    return float(scheduler.kappa(tt)), float(scheduler.d_kappa(tt))
+        This is the step rule every sampler asks the path for (``DiscreteSolver``,
+        ``ProductSolver``, ``sampler_distribution``): the exact jump probabilities of (1) and
+        (2) over [t, t + h], with the network's posterior frozen at t —
+        :class:`~flowmatch.solvers.ctmc.MixtureJump`. ``options`` are keywords of
+        :func:`~flowmatch.solvers.ctmc.ctmc_step` (``eta``, ``corrector``, ``temperature``,
+        ``top_k``, ``top_p``, ``keep_unmasked``, ``unmasking``); anything else is a
+        ``ValueError`` naming ``factor`` and the allowed keys. ``checked=False`` skips the
+        per-call checks of t, h, tokens and logits (for grid loops that check them once).
+        """
+        from flowmatch.solvers.ctmc import MixtureJump  # the sampler's kernel, loaded on use
 
-
-def source_jump_rate(kappa: float, d_kappa: float, t: float, *, eta: float = 0.0,
-                     corrector: Corrector | None = None) -> float:
-    """b_t of (2): η itself, or c_t κ̇_t/κ_t for a corrector coefficient c_t (float or callable).
-
-    At κ_t = 0 the chain is still at the source distribution, where jumping to a fresh source
-    draw does not change the law; the rate is then taken as 0 instead of c_t · ∞.
-    """
-    if corrector is not None and eta:
-        raise ValueError("give either eta (Campbell et al.) or corrector (Gat et al.), not both")
-    if eta:
-        if not (math.isfinite(eta) and eta >= 0):
-            raise ValueError(f"eta must be finite and ≥ 0, got {eta}")
-        return float(eta)
-    if corrector is None:
-        return 0.0
-    c = float(corrector(t)) if callable(corrector) else float(corrector)
-    if not (math.isfinite(c) and c >= 0):
-        raise ValueError(f"the corrector coefficient c_t must be finite and ≥ 0, got {c} at t={t}")
-    if c == 0.0 or kappa <= 0.0:
-        return 0.0
-    return c * d_kappa / kappa
+        return MixtureJump(self.scheduler, space, options, generator=generator, checked=checked,
+                           factor=factor)
 
 
 def posterior_log_probs(logits: Tensor, x_t: Tensor, space: Discrete, *,

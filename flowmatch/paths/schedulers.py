@@ -56,6 +56,14 @@ class ConvexScheduler(Scheduler):
     def kappa_inverse(self, kappa: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no closed-form κ inverse")
 
+    def jump_step(self, space, options=None, *, generator=None, checked=True, factor=None):
+        """The τ-leaping step of the mixture path with this κ (a bare scheduler stands for
+        ``MixtureDiscretePath(self)``; see :meth:`MixtureDiscretePath.jump_step`)."""
+        from flowmatch.paths.mixture import MixtureDiscretePath
+
+        return MixtureDiscretePath(self).jump_step(space, options, generator=generator,
+                                                   checked=checked, factor=factor)
+
     def __call__(self, t: Tensor) -> SchedulerOutput:
         k, dk = self.kappa(t), self.d_kappa(t)
         return SchedulerOutput(alpha_t=k, sigma_t=1 - k, d_alpha_t=dk, d_sigma_t=-dk)

@@ -20,24 +20,43 @@ clock): a step costs a few element-wise ops on all tokens plus one softmax, cumu
 binary search on the jumping ones, on top of the network (``torch.multinomial`` is ≈ 10–20×
 slower here; see ``../shared/notes/machine-gotchas.md`` and ``benchmarks/discrete_2d.py``).
 
-:func:`ctmc_step` is the pure step, for product solvers that advance several factors on one time
-grid (:func:`~flowmatch.solvers.discrete_step.discrete_step_for` picks it for mixture paths);
-:class:`DiscreteSolver` runs it over a grid with a network.
+:func:`ctmc_step` is the pure step; :class:`MixtureJump` binds it to a scheduler and options, and
+is what a mixture path hands out as its step rule (``MixtureDiscretePath.jump_step``; see
+:mod:`flowmatch.solvers.discrete_step`), for product solvers that advance several factors on one
+time grid and for :class:`DiscreteSolver`, which runs it over a grid with a network.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from flowmatch._jumps import (
+    Corrector,
+    jump_probabilities,
+    kappa_at,
+    sample_weights,
+    source_jump_rate,
+)
 from flowmatch._validation import validation_enabled
 from flowmatch.geometry.discrete import Discrete
-from flowmatch.paths.mixture import Corrector, MixtureDiscretePath, _kappa, source_jump_rate
-from flowmatch.paths.schedulers import ConvexScheduler
-from flowmatch.solvers.discrete_step import _TokenChainSolver, discrete_step_for
+from flowmatch.solvers.discrete_step import (
+    CTMC_STEP_OPTIONS,
+    _TokenChainSolver,
+    check_space,
+    check_step_options,
+    discrete_step_for,
+)
+from flowmatch.solvers.engine import Solution
+
+__all__ = ["DiscreteSolver", "MixtureJump", "ctmc_step", "filter_logits", "sample_categorical",
+           "jump_probabilities"]
+
+ConvexScheduler = Any
+"""A convex scheduler: anything with ``kappa(t)`` and ``d_kappa(t)`` (κ₀ = 0, κ₁ = 1)."""
 
 
 def filter_logits(
@@ -86,35 +105,8 @@ def filter_logits(
 
 def sample_categorical(logits: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
     """One draw per row of ``softmax(logits)`` [..., K] → int64 [...] (cumsum + searchsorted)."""
-    probs = torch.softmax(logits, dim=-1)
-    cdf = probs.cumsum(-1)
-    flat = cdf.reshape(-1, cdf.shape[-1])
-    u = torch.rand(flat.shape[0], 1, generator=generator, device=flat.device, dtype=flat.dtype)
-    # right=True skips zero-probability tokens (filtered ones) even when u·total hits a tie
-    idx = torch.searchsorted(flat, u * flat[:, -1:], right=True)
-    return idx.clamp_max(flat.shape[-1] - 1).reshape(cdf.shape[:-1])
-
-
-def jump_probabilities(scheduler: ConvexScheduler, t: float, h: float, b: float
-                       ) -> tuple[float, float]:
-    """(P(forward jump), P(source jump)) of one token over [t, t + h] with source rate ``b``.
-
-    Forward: Λ_a = log[(1 − κ_t)/(1 − κ_{t+h})] + b κ_t/(1 − κ_t) h; source: Λ_b = b h. The first
-    of the two clocks wins: P(event) = 1 − e^{−Λ_a − Λ_b}, split in proportion Λ_a : Λ_b.
-    """
-    k0, _ = _kappa(scheduler, t)
-    k1, _ = _kappa(scheduler, min(t + h, 1.0))
-    if k0 >= 1.0:
-        raise ValueError(f"cannot step from t={t}: κ_t = 1 there (the path has reached the data)")
-    stay_fwd = (1.0 - k1) / (1.0 - k0)  # exp(−∫ κ̇/(1 − κ)), exact
-    if b == 0.0:
-        return 1.0 - stay_fwd, 0.0
-    if stay_fwd == 0.0:
-        return 1.0, 0.0  # the step ends at κ = 1: the forward clock rings surely
-    lam_a = -math.log(stay_fwd) + b * k0 / (1.0 - k0) * h
-    lam_b = b * h
-    p_event = -math.expm1(-lam_a - lam_b)
-    return p_event * lam_a / (lam_a + lam_b), p_event * lam_b / (lam_a + lam_b)
+    # right=True in the search skips zero-probability tokens (filtered ones) even on a tie
+    return sample_weights(torch.softmax(logits, dim=-1), generator)
 
 
 def ctmc_step(
@@ -163,7 +155,7 @@ def ctmc_step(
 
 def _step(x_t, logits, t, h, scheduler, space, *, eta, corrector, temperature, top_k, top_p,
           keep_unmasked, generator, unmasking="random"):
-    k0, dk0 = _kappa(scheduler, t)
+    k0, dk0 = kappa_at(scheduler, t)
     b = source_jump_rate(k0, dk0, t, eta=eta, corrector=corrector)
     p_fwd, p_src = jump_probabilities(scheduler, t, h, b)
     if unmasking != "random":
@@ -222,6 +214,52 @@ def _source_draw(space: Discrete, like: Tensor, generator: torch.Generator | Non
     return space.sample_base(like.shape, generator=generator, device=like.device).to(like.dtype)
 
 
+_STEP_DEFAULTS = {"eta": 0.0, "corrector": None, "temperature": 1.0, "top_k": None,
+                  "top_p": None, "keep_unmasked": True, "unmasking": "random"}
+
+
+class MixtureJump:
+    """The τ-leaping step of a factorised mixture path: ``step(x_t, logits, t, h) -> x_{t+h}``.
+
+    :func:`ctmc_step` with the ``scheduler`` (κ), the ``space`` and keyword ``options`` of
+    :func:`ctmc_step` bound (others are a ValueError naming ``factor`` and the allowed keys);
+    ``generator`` drives every draw. ``checked=False`` skips the per-call checks of t, h, the
+    tokens and the logits (the draws are the same). This is what
+    ``MixtureDiscretePath.jump_step`` returns; :meth:`jump_probabilities` gives the exact
+    per-token jump probabilities of a step, which
+    :func:`~flowmatch.solvers.exact.sampler_distribution` propagates.
+    """
+
+    __slots__ = ("scheduler", "space", "options", "generator", "checked", "_kwargs")
+
+    def __init__(self, scheduler: ConvexScheduler, space: Discrete,
+                 options: Mapping[str, Any] | None = None, *,
+                 generator: torch.Generator | None = None, checked: bool = True,
+                 factor: str | None = None) -> None:
+        check_space(space, factor)
+        self.options = check_step_options(options, CTMC_STEP_OPTIONS, "mixture path", factor)
+        self.scheduler, self.space = scheduler, space
+        self.generator, self.checked = generator, bool(checked)
+        self._kwargs = self.options if checked else {**_STEP_DEFAULTS, **self.options}
+
+    def __call__(self, x_t: Tensor, logits: Tensor, t: float, h: float) -> Tensor:
+        if self.checked:
+            return ctmc_step(x_t, logits, t, h, self.scheduler, self.space,
+                             generator=self.generator, **self._kwargs)
+        return _step(x_t, logits, t, h, self.scheduler, self.space, generator=self.generator,
+                     **self._kwargs)
+
+    def jump_probabilities(self, t: float, h: float) -> tuple[float, float]:
+        """(P(forward jump), P(source jump)) of one token over [t, t + h] under these options."""
+        k0, dk0 = kappa_at(self.scheduler, t)
+        b = source_jump_rate(k0, dk0, t, eta=self.options.get("eta", 0.0),
+                             corrector=self.options.get("corrector"))
+        return jump_probabilities(self.scheduler, t, h, b)
+
+    def __repr__(self) -> str:
+        return f"MixtureJump({self.scheduler!r}, {self.space!r}, {self.options})"
+
+
 class DiscreteSolver(_TokenChainSolver):
     """Sample a discrete flow: run :func:`ctmc_step` over a time grid with a posterior network.
 
@@ -231,16 +269,18 @@ class DiscreteSolver(_TokenChainSolver):
     ``solver.nfe`` counts the network evaluations of the last call.
     """
 
-    def __init__(self, field: Callable[..., Tensor], space: Discrete,
-                 path: MixtureDiscretePath | ConvexScheduler) -> None:
+    def __init__(self, field: Callable[..., Tensor], space: Discrete, path: Any) -> None:
         if not isinstance(space, Discrete):
             raise TypeError(f"space must be a Discrete geometry, got {type(space).__name__}")
+        rule = getattr(path, "jump_step", None)
+        step = rule(space, checked=False) if callable(rule) else None
+        if not isinstance(step, MixtureJump):
+            raise TypeError("path must be a MixtureDiscretePath or a ConvexScheduler (whose "
+                            f"jump_step is the mixture path's), got {type(path).__name__}")
         self.field = field
         self.space = space
-        self.scheduler = path.scheduler if isinstance(path, MixtureDiscretePath) else path
-        if not isinstance(self.scheduler, ConvexScheduler):
-            raise TypeError("path must be a MixtureDiscretePath or a ConvexScheduler, got "
-                            f"{type(path).__name__}")
+        self.path = path
+        self.scheduler = step.scheduler
         self.nfe = 0
 
     @torch.no_grad()
@@ -260,8 +300,9 @@ class DiscreteSolver(_TokenChainSolver):
         unmasking: str = "random",
         return_intermediates: bool = False,
         generator: torch.Generator | None = None,
+        return_solution: bool = False,
         **cond,
-    ) -> Tensor:
+    ) -> Tensor | Solution:
         """Run the chain from x0 (tokens at ``time_grid[0]``, default the source at t = 0).
 
         The grid defaults to [0, 1]; ``num_steps`` (over the whole span) or ``step_size``
@@ -269,13 +310,14 @@ class DiscreteSolver(_TokenChainSolver):
         result is stacked at the ``time_grid`` points, shape [len(time_grid), *x0.shape];
         otherwise it is x at the last grid time. ``eta``, ``corrector``, ``temperature``,
         ``top_k``, ``top_p``, ``keep_unmasked`` and ``unmasking`` are those of
-        :func:`ctmc_step`. ``cond`` goes to the network verbatim.
+        :func:`ctmc_step`. ``cond`` goes to the network verbatim. ``return_solution`` returns a
+        :class:`~flowmatch.solvers.engine.Solution` with the result, ``nfe`` and step times.
         """
         options = {"eta": eta, "corrector": corrector, "temperature": temperature,
                    "top_k": top_k, "top_p": top_p, "keep_unmasked": keep_unmasked,
                    "unmasking": unmasking}
-        step = discrete_step_for(self.scheduler, self.space, options, generator=generator,
+        step = discrete_step_for(self.path, self.space, options, generator=generator,
                                  checked=False)
         return self._run_chain(x0, step, time_grid=time_grid, num_steps=num_steps,
                                step_size=step_size, return_intermediates=return_intermediates,
-                               cond=cond)
+                               return_solution=return_solution, cond=cond)

@@ -1,38 +1,43 @@
-"""One τ-leaping step per discrete path, and the grid loop of the single-factor discrete solvers.
+"""The step-rule protocol of discrete factors, and the grid loop of the single-factor samplers.
 
 A discrete factor advances by a *step* ``step(x_t, logits, t, h) -> x_{t+h}``: tokens int64
 (any shape), the posterior logits [*x_t.shape, K] at (x_t, t), and floats t, h with h > 0 and
-t + h ≤ 1. Which step depends on the path the posterior network was trained with, and
-:func:`discrete_step_for` is the one place that decides it:
+t + h ≤ 1. Which step applies is the path's business, not the solver's: a discrete path
+provides its own through the :class:`JumpRule` protocol,
 
-* :class:`~flowmatch.paths.mixture.MixtureDiscretePath`, or a bare
-  :class:`~flowmatch.paths.schedulers.ConvexScheduler` →
-  :func:`~flowmatch.solvers.ctmc.ctmc_step` (options :data:`CTMC_STEP_OPTIONS`);
-* :class:`~flowmatch.paths.metric_induced.MetricInducedPath` →
-  :func:`~flowmatch.solvers.metric_induced.metric_induced_step` (options
-  :data:`METRIC_INDUCED_STEP_OPTIONS`).
+    path.jump_step(space, options=None, *, generator=None, checked=True, factor=None) -> step
 
-:class:`~flowmatch.solvers.ctmc.DiscreteSolver`,
-:class:`~flowmatch.solvers.metric_induced.MetricInducedSolver` and
-:class:`~flowmatch.solvers.product.ProductSolver` all build their steps here; the first two also
-share the grid loop :meth:`_TokenChainSolver._run_chain`.
+— :class:`~flowmatch.paths.mixture.MixtureDiscretePath` (and a bare
+:class:`~flowmatch.paths.schedulers.ConvexScheduler`, which stands for the mixture path with
+that κ) returns :class:`~flowmatch.solvers.ctmc.MixtureJump` (options
+:data:`CTMC_STEP_OPTIONS`), :class:`~flowmatch.paths.metric_induced.MetricInducedPath` returns
+:class:`~flowmatch.solvers.metric_induced.MetricInducedJump` (options
+:data:`METRIC_INDUCED_STEP_OPTIONS`). The solvers only duck-type on that method
+(:func:`discrete_step_for`), so ``flowmatch.solvers`` imports nothing from ``flowmatch.paths``;
+a new discrete path plugs in by defining ``jump_step``.
+
+:class:`~flowmatch.solvers.ctmc.DiscreteSolver` and
+:class:`~flowmatch.solvers.metric_induced.MetricInducedSolver` share the grid loop
+:meth:`_TokenChainSolver._run_chain`, which runs on the engine
+(:mod:`flowmatch.solvers.engine`) with the :class:`~flowmatch.solvers.engine.Jump` motion;
+:class:`~flowmatch.solvers.product.ProductSolver` uses the same steps factor by factor.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from flowmatch._validation import validation_enabled
 from flowmatch.geometry.discrete import Discrete
-from flowmatch.solvers._grid import forward_step_times
+from flowmatch.solvers._grid import forward_steps
+from flowmatch.solvers.engine import TABLEAUX, Jump, Solution, float_steps, solve
 
-__all__ = ["discrete_step_for", "DiscreteStep", "CTMC_STEP_OPTIONS",
-           "METRIC_INDUCED_STEP_OPTIONS"]
+__all__ = ["discrete_step_for", "DiscreteStep", "JumpRule", "CTMC_STEP_OPTIONS",
+           "METRIC_INDUCED_STEP_OPTIONS", "check_step_options"]
 
 DiscreteStep = Callable[[Tensor, Tensor, float, float], Tensor]
 """``step(x_t, logits, t, h) -> x_{t+h}``: one τ-leaping step of a discrete factor."""
@@ -45,6 +50,39 @@ METRIC_INDUCED_STEP_OPTIONS = ("method", "temperature", "top_k", "top_p")
 """Keyword options of :func:`~flowmatch.solvers.metric_induced.metric_induced_step`."""
 
 
+@runtime_checkable
+class JumpRule(Protocol):
+    """Anything that provides the τ-leaping step of a discrete factor (a discrete path)."""
+
+    def jump_step(self, space: Discrete, options: Mapping[str, Any] | None = None, *,
+                  generator: torch.Generator | None = None, checked: bool = True,
+                  factor: str | None = None) -> DiscreteStep: ...
+
+
+def _where(factor: str | None) -> str:
+    return f"discrete factor {factor!r}" if factor is not None else "the discrete path"
+
+
+def check_space(space: Any, factor: str | None = None) -> None:
+    """Raise TypeError unless ``space`` is a :class:`Discrete` space."""
+    if not isinstance(space, Discrete):
+        raise TypeError(f"{_where(factor)} must live on a Discrete space, got "
+                        f"{type(space).__name__}")
+
+
+def check_step_options(options: Mapping[str, Any] | None, allowed: Sequence[str], kind: str,
+                       factor: str | None = None) -> dict[str, Any]:
+    """``options`` as a dict, or a ValueError that names ``factor``, ``kind`` and the allowed
+    keys when it holds other keys."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        label = f"discrete_options[{factor!r}]" if factor is not None else "options"
+        raise ValueError(f"{label}: {unknown} are not options of the {kind} step; allowed "
+                         f"keys: {list(allowed)}")
+    return options
+
+
 def discrete_step_for(
     path: Any,
     space: Discrete,
@@ -54,12 +92,13 @@ def discrete_step_for(
     checked: bool = True,
     factor: str | None = None,
 ) -> DiscreteStep:
-    """The step ``step(x_t, logits, t, h)`` of ``path`` on ``space`` with keyword ``options``.
+    """The step ``step(x_t, logits, t, h)`` that ``path`` provides on ``space`` (:class:`JumpRule`).
 
-    ``path``: a :class:`~flowmatch.paths.metric_induced.MetricInducedPath`, a
-    :class:`~flowmatch.paths.mixture.MixtureDiscretePath` or a bare
-    :class:`~flowmatch.paths.schedulers.ConvexScheduler` (a mixture path's). ``options`` must
-    be a subset of that step's keywords (:data:`CTMC_STEP_OPTIONS` or
+    ``path``: anything with a ``jump_step`` method — a
+    :class:`~flowmatch.paths.mixture.MixtureDiscretePath`, a bare
+    :class:`~flowmatch.paths.schedulers.ConvexScheduler` (a mixture path's) or a
+    :class:`~flowmatch.paths.metric_induced.MetricInducedPath`; anything else is a TypeError.
+    ``options`` must be a subset of that step's keywords (:data:`CTMC_STEP_OPTIONS` or
     :data:`METRIC_INDUCED_STEP_OPTIONS`); anything else is a ``ValueError`` that names
     ``factor`` (a product's factor name, for the message) and the allowed keys. ``generator``
     drives every draw of the step.
@@ -68,51 +107,14 @@ def discrete_step_for(
     call; ``checked=False`` skips those checks, for grid loops that check x0 and the field's
     logits themselves (the draws are the same).
     """
-    # imported here: ctmc and metric_induced import this module for the grid loop
-    from flowmatch.paths.metric_induced import MetricInducedPath
-    from flowmatch.paths.mixture import MixtureDiscretePath
-    from flowmatch.paths.schedulers import ConvexScheduler
-    from flowmatch.solvers import ctmc, metric_induced
-
-    where = f"discrete factor {factor!r}" if factor is not None else "the discrete path"
-    if not isinstance(space, Discrete):
-        raise TypeError(f"{where} must live on a Discrete space, got {type(space).__name__}")
-    options = dict(options or {})
-    if isinstance(path, MetricInducedPath):
-        kind, allowed = "MetricInducedPath", METRIC_INDUCED_STEP_OPTIONS
-    elif isinstance(path, (MixtureDiscretePath, ConvexScheduler)):
-        scheduler = path.scheduler if isinstance(path, MixtureDiscretePath) else path
-        kind, allowed = "mixture path", CTMC_STEP_OPTIONS
-    else:
+    check_space(space, factor)
+    make = getattr(path, "jump_step", None)
+    if not callable(make):
         # not duck-typed on a `scheduler` attribute: an AffinePath has a convex one too
-        raise TypeError(f"{where} needs a MixtureDiscretePath (or its ConvexScheduler) or a "
+        raise TypeError(f"{_where(factor)} needs a path that provides its jump step "
+                        f"(jump_step): a MixtureDiscretePath (or its ConvexScheduler) or a "
                         f"MetricInducedPath, got {type(path).__name__}")
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        label = f"discrete_options[{factor!r}]" if factor is not None else "options"
-        raise ValueError(f"{label}: {unknown} are not options of the {kind} step; allowed "
-                         f"keys: {list(allowed)}")
-
-    if kind == "MetricInducedPath":
-        path.check_space(space)
-        method = options.get("method", "marginal")
-        if method not in metric_induced.STEP_METHODS:
-            raise ValueError(f"method must be one of {metric_induced.STEP_METHODS}, got "
-                             f"{method!r}")
-        if checked:
-            return functools.partial(metric_induced.metric_induced_step, path=path, space=space,
-                                     generator=generator, **options)
-        opts = {"method": "marginal", "temperature": 1.0, "top_k": None, "top_p": None,
-                **options}
-        return functools.partial(metric_induced._step, path=path, generator=generator, **opts)
-
-    if checked:
-        return functools.partial(ctmc.ctmc_step, scheduler=scheduler, space=space,
-                                 generator=generator, **options)
-    opts = {"eta": 0.0, "corrector": None, "temperature": 1.0, "top_k": None, "top_p": None,
-            "keep_unmasked": True, "unmasking": "random", **options}
-    return functools.partial(ctmc._step, scheduler=scheduler, space=space, generator=generator,
-                             **opts)
+    return make(space, options, generator=generator, checked=checked, factor=factor)
 
 
 class _TokenChainSolver:
@@ -135,32 +137,37 @@ class _TokenChainSolver:
         num_steps: int | None,
         step_size: float | None,
         return_intermediates: bool,
+        return_solution: bool = False,
         cond: Mapping[str, Any],
-    ) -> Tensor:
+    ) -> Tensor | Solution:
         """Run ``step`` over the grid from ``x0`` (tokens at ``time_grid[0]``).
 
         One field evaluation per step at the step's left end, with t of shape [B] (the
         default dtype); the logits are checked against the tokens when validation is on. With
         ``return_intermediates`` the states at the ``time_grid`` points are stacked,
-        [len(time_grid), *x0.shape]; otherwise the last state is returned.
+        [len(time_grid), *x0.shape]; otherwise the last state is returned (in a
+        :class:`~flowmatch.solvers.engine.Solution` with ``return_solution``).
         """
         space = self.space
         space.check_point(x0, "x0")
         if x0.dim() == 0:
             raise ValueError("x0 must have a leading batch dimension, got a scalar")
-        times, marks = forward_step_times(time_grid, num_steps, step_size)
+        starts, hs, ends, marks = forward_steps(time_grid, num_steps, step_size)
         x = x0.long()
-        out = [x] if return_intermediates else None
         batch = x.shape[0]
         self.nfe = 0
         validate = validation_enabled()
-        for i in range(len(times) - 1):
-            t, t_next = times[i], times[i + 1]
-            logits = self.field(x, torch.full((batch,), t, device=x.device), **cond)
+        field = self.field
+
+        def logits_at(y: Tensor, t: float) -> Tensor:
+            logits = field(y, torch.full((batch,), t, device=y.device), **cond)
             self.nfe += 1
             if validate:
-                space.check_logits(logits, x, f"the field's logits at t={t:.4g}")
-            x = step(x, logits, t, t_next - t)
-            if out is not None and i + 1 in marks:
-                out.append(x)
-        return torch.stack(out) if out is not None else x
+                space.check_logits(logits, y, f"the field's logits at t={t:.4g}")
+            return logits
+
+        sol = solve(logits_at, x, float_steps(starts, hs, ends, TABLEAUX["euler"],
+                                              marks if return_intermediates else None),
+                    Jump(step))
+        out = torch.stack([x, *sol.trajectory]) if return_intermediates else sol.state
+        return Solution(out, sol.nfe, sol.num_steps, sol.times) if return_solution else out

@@ -10,11 +10,12 @@ independently,
     P(x → y) = Π_i P_i(yⁱ | x),
     P_i(a | x) = (1 − p_fwd − p_src) δ(a, xⁱ) + p_fwd p̂_{1|t}ⁱ(a | x) + p_src p₀(a),
 
-with p_fwd, p_src the step's jump probabilities (:func:`~flowmatch.solvers.ctmc.jump_probabilities`)
-and p̂ the network's (filtered) posterior. The next distribution is q'(y) = Σ_x q(x) Π_i P_i(yⁱ | x),
-a product of S × num_states factor tables contracted over x: O(S² ) work per step, with one
-network call on all S states. The result is the exact probability of every sequence under the
-sampler (same grid, same options), so −log q_1(x) of held-out data is an exact NLL and
+with p_fwd, p_src the step's jump probabilities
+(:meth:`~flowmatch.solvers.ctmc.MixtureJump.jump_probabilities`) and p̂ the network's (filtered)
+posterior. The next distribution is q'(y) = Σ_x q(x) Π_i P_i(yⁱ | x), a product of
+S × num_states factor tables contracted over x: O(S² ) work per step, with one network call on
+all S states. The result is the exact probability of every sequence under the sampler (same
+grid, same options), so −log q_1(x) of held-out data is an exact NLL and
 KL(data ‖ sampler) is exact when the data law is known.
 """
 
@@ -22,15 +23,15 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from flowmatch._jumps import Corrector
 from flowmatch.geometry.discrete import Discrete
-from flowmatch.paths.mixture import Corrector, MixtureDiscretePath, _kappa, source_jump_rate
-from flowmatch.paths.schedulers import ConvexScheduler
 from flowmatch.solvers._grid import forward_step_times
-from flowmatch.solvers.ctmc import filter_logits, jump_probabilities
+from flowmatch.solvers.ctmc import MixtureJump, filter_logits
 
 __all__ = ["all_states", "sampler_distribution"]
 
@@ -51,7 +52,7 @@ def all_states(space: Discrete, length: int, *, include_mask: bool = True) -> Te
 def sampler_distribution(
     field: Callable[..., Tensor],
     space: Discrete,
-    path: MixtureDiscretePath | ConvexScheduler,
+    path: Any,
     length: int,
     *,
     time_grid: Sequence[float] | Tensor | None = None,
@@ -74,14 +75,18 @@ def sampler_distribution(
     index of each axis for the mask source). ``initial`` is the law of x0 with that shape
     (default: the source p₀ on every token, independently). The time-grid and sampling options
     are those of :meth:`DiscreteSolver.sample` with ``unmasking="random"``; ``field`` is called
-    on all states in batches of ``chunk``.
+    on all states in batches of ``chunk``. ``path`` is a mixture path (or its convex scheduler):
+    its step rule (``path.jump_step``, a :class:`~flowmatch.solvers.ctmc.MixtureJump`) gives
+    every step's jump probabilities.
     """
-    scheduler = path.scheduler if isinstance(path, MixtureDiscretePath) else path
-    if not isinstance(scheduler, ConvexScheduler):
-        raise TypeError("path must be a MixtureDiscretePath or a ConvexScheduler, got "
-                        f"{type(path).__name__}")
     if not isinstance(space, Discrete):
         raise TypeError(f"space must be a Discrete geometry, got {type(space).__name__}")
+    rule = getattr(path, "jump_step", None)
+    step = rule(space, {"eta": eta, "corrector": corrector}, checked=False) \
+        if callable(rule) else None
+    if not isinstance(step, MixtureJump):
+        raise TypeError("path must be a MixtureDiscretePath or a ConvexScheduler, got "
+                        f"{type(path).__name__}")
     if not (isinstance(length, int) and 1 <= length <= len(string.ascii_letters) - 1):
         raise ValueError(f"length must be an integer in [1, 51], got {length!r}")
     n, K = space.num_states, space.vocab_size
@@ -111,9 +116,7 @@ def sampler_distribution(
     mask = space.mask_token
     for i in range(len(times) - 1):
         t, h = times[i], times[i + 1] - times[i]
-        k0, dk0 = _kappa(scheduler, t)
-        b = source_jump_rate(k0, dk0, t, eta=eta, corrector=corrector)
-        p_fwd, p_src = jump_probabilities(scheduler, t, h, b)
+        p_fwd, p_src = step.jump_probabilities(t, h)
         live = (q > 0).nonzero().squeeze(1)
         post = torch.zeros(live.numel(), length, K, dtype=torch.float64)
         for start in range(0, live.numel(), chunk):
