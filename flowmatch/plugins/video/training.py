@@ -1,11 +1,13 @@
 """Training recipe and checkpoints for :class:`VideoVelocityNet` on procedural bouncing discs.
 
-:func:`train_bouncing` is the loop that ``benchmarks/video_bouncing.py`` and
-``flowmatch video train`` share: fresh :func:`bouncing_shapes` clips every step, noise
-x0 ~ N(0, I), σ = 1 − t drawn from :func:`sample_training_t` (logit-normal by default), the
-straight path of :func:`video_path_sample` and the unweighted velocity MSE; AdamW (no weight
-decay) with a 50-step linear warm-up and cosine decay to 0, gradient norm clipped at 1, and an
-exponential moving average of the weights.
+:func:`train_bouncing` is the recipe that ``benchmarks/video_bouncing.py`` and
+``flowmatch video train`` share, run by the core loop :func:`flowmatch.training.fit`: fresh
+:func:`bouncing_shapes` clips every step, noise x0 ~ N(0, I), σ = 1 − t drawn from
+:func:`sample_training_t` (logit-normal by default), the straight path (the core
+``CondOTPath``, the same numbers as :func:`video_path_sample`) and the unweighted velocity
+MSE; AdamW (no weight decay) with a 50-step linear warm-up multiplying a cosine decay to 0
+over the whole run, gradient norm clipped at 1, and an exponential moving average of the
+weights.
 
 A checkpoint (:func:`save_bouncing_checkpoint`) is a dict of plain Python types and tensors,
 so it loads with ``torch.load(weights_only=True)`` and nothing executable is unpickled::
@@ -18,10 +20,8 @@ so it loads with ``torch.load(weights_only=True)`` and nothing executable is unp
 
 from __future__ import annotations
 
-import copy
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from flowmatch.plugins.video.conditioning import video_path_sample
+from flowmatch.paths import CondOTPath, PathSample
 from flowmatch.plugins.video.data import bouncing_shapes
 from flowmatch.plugins.video.model import VideoVelocityNet
 from flowmatch.plugins.video.timesteps import sample_training_t
+from flowmatch.training import fit
 
 __all__ = ["CHECKPOINT_FORMAT", "BouncingTrainResult", "bouncing_radius", "build_net",
            "load_bouncing_checkpoint", "net_config", "recipe_attention_blocks",
@@ -95,14 +96,17 @@ def train_bouncing(
 ) -> BouncingTrainResult:
     """Train ``net`` in place by flow matching on fresh bouncing-disc clips every step.
 
-    Each step draws, from one ``torch.Generator`` seeded with ``seed`` and in this order, the
-    clips x1 [batch, 1, frames, size, size] (``bouncing_shapes`` with ``objects`` discs of
-    ``radius``), the noise x0 ~ N(0, I) and the times t; the loss is mean ‖net(x_t, t) − (x1 −
-    x0)‖² on x_t = t·x1 + (1 − t)·x0. The learning rate at step n (0-based) of a run whose
-    progress is f ∈ [0, 1) is lr · min(1, (n + 1)/50) · (1 + cos πf)/2, with f = n/steps, or
-    elapsed/budget_s when ``budget_s`` (wall-clock seconds) is given — then ``steps`` is
-    ignored and the result depends on machine load. The EMA decay at step n is
+    A recipe over the core loop :func:`flowmatch.training.fit`. Each step draws, from one
+    ``torch.Generator`` seeded with ``seed`` and in this order, the clips x1 [batch, 1,
+    frames, size, size] (``bouncing_shapes`` with ``objects`` discs of ``radius``), the noise
+    x0 ~ N(0, I) and the times t (:func:`sample_training_t`); the loss is mean ‖net(x_t, t) −
+    (x1 − x0)‖² on x_t = t·x1 + (1 − t)·x0 (the straight path). The learning rate at step n
+    (0-based) of a run whose progress is f ∈ [0, 1) is lr · min(1, (n + 1)/50) · (1 + cos πf)/2,
+    with f = n/steps, or elapsed/budget_s when ``budget_s`` (wall-clock seconds) is given —
+    then ``steps`` is ignored and the result depends on machine load. AdamW without weight
+    decay, the gradient norm clipped at 1. The EMA decay at step n is
     min(ema, (1 + n)/(10 + n)), a short warm-up of the average. ``progress`` shows a tqdm bar.
+    ``net`` is left in eval mode.
 
     Raises ``FloatingPointError`` as soon as a loss is not finite.
     """
@@ -116,52 +120,34 @@ def train_bouncing(
         raise ValueError(f"lr must be a finite number > 0, got {lr}")
     if not 0 <= ema < 1:
         raise ValueError(f"ema must lie in [0, 1), got {ema}")
-    from tqdm.auto import tqdm
 
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
-    averaged = copy.deepcopy(net).requires_grad_(False)
-    done, start, losses = 0, time.perf_counter(), []
-    bar = tqdm(total=None if budget_s is not None else steps, disable=not progress,
-               desc="train", leave=False)
-    try:
-        while True:
-            frac = ((time.perf_counter() - start) / budget_s if budget_s is not None
-                    else done / steps)
-            if frac >= 1:
-                break
-            # np.cos, not math.cos: the benchmark's numbers are bit-identical to earlier runs
-            rate = lr * min(1.0, (done + 1) / WARMUP_STEPS) * 0.5 * (1 + np.cos(np.pi * frac))
-            for group in opt.param_groups:
-                group["lr"] = rate
-            x1 = bouncing_shapes(batch, num_frames=frames, size=size, num_objects=objects,
-                                 radius=radius, generator=g).video
-            x0 = torch.randn(x1.shape, generator=g)
-            t = sample_training_t(batch, method=t_method, loc=t_loc, scale=t_scale,
-                                  generator=g)
-            x_t, target, _ = video_path_sample(x0, x1, t)
-            loss = (net(x_t, t) - target).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            decay = min(ema, (1 + done) / (10 + done))  # short warm-up of the average
-            with torch.no_grad():
-                for pe, p in zip(averaged.parameters(), net.parameters(), strict=True):
-                    pe.lerp_(p, 1 - decay)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"the training loss became non-finite at step {done} (value {value}, "
-                    f"lr {float(rate):.2e}); lower lr")
-            losses.append(value)
-            done += 1
-            bar.update(1)
-            if done % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}", lr=f"{float(rate):.2e}")
-    finally:
-        bar.close()
-    return BouncingTrainResult(averaged, done, time.perf_counter() - start, losses)
+    def clips(n: int, generator: torch.Generator) -> torch.Tensor:
+        return bouncing_shapes(n, num_frames=frames, size=size, num_objects=objects,
+                               radius=radius, generator=generator).video
+
+    def times(n: int, *, generator: torch.Generator | None = None,
+              device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
+        return sample_training_t(n, method=t_method, loc=t_loc, scale=t_scale,
+                                 generator=generator, device=device,
+                                 dtype=dtype or torch.float32)
+
+    def mse(prediction: torch.Tensor, sample: PathSample, geometry: None) -> torch.Tensor:
+        return (prediction - sample.dx_t).pow(2).mean()  # unweighted, per pixel
+
+    def cosine(step: int, progress: float) -> float:
+        # np.cos, not math.cos: the benchmark's numbers are bit-identical to earlier runs
+        return 0.5 * (1 + np.cos(np.pi * progress))
+
+    def ema_decay(n: int) -> float:
+        return min(ema, (1 + n) / (10 + n))  # short warm-up of the average
+
+    result = fit(net, clips, CondOTPath(), steps=None if budget_s is not None else int(steps),
+                 batch_size=int(batch), lr=lr, weight_decay=0.0, ema_decay=ema_decay,
+                 grad_clip=1.0, lr_schedule=cosine, warmup_steps=WARMUP_STEPS,
+                 time_sampler=times, loss=mse, seed=seed, budget_s=budget_s,
+                 progress=progress, log_every=1)
+    return BouncingTrainResult(result.ema_model, result.steps, result.seconds, result.losses)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
