@@ -335,3 +335,34 @@ def test_product_training_refuses_what_it_cannot_do():
         fit(CrystalField(), bad_types, path, geometry, **common)
     with pytest.raises(ValueError, match="Discrete"):
         fit(TokenField(), sequences, MixtureDiscretePath(CondOTScheduler()), **common)
+
+
+def test_a_dense_product_as_a_plain_dict_trains():
+    # no ragged factor: a plain dict whose factors all lead with the sample dimension
+    geometry = Product(pos=Euclidean(2), label=Discrete(3, "uniform"))
+    path = ProductPath(pos=CondOTPath(), label=MixtureDiscretePath(CondOTScheduler()))
+
+    def labelled(n, generator):
+        label = torch.randint(3, (n,), generator=generator)
+        centres = torch.tensor([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]])
+        return {"pos": centres[label] + 0.1 * torch.randn(n, 2, generator=generator),
+                "label": label}
+
+    class Field(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(3, 8)
+            self.net = nn.Sequential(nn.Linear(2 + 8 + 1, 64), nn.SiLU(), nn.Linear(64, 2 + 3))
+
+        def forward(self, x, t):
+            h = self.net(torch.cat([x["pos"], self.embed(x["label"]), t[:, None]], 1))
+            return {"pos": h[:, :2], "label": h[:, 2:]}
+
+    torch.manual_seed(0)
+    result = fit(Field(), labelled, path, geometry, steps=300, batch_size=64, lr=3e-3,
+                 progress=False)
+    early, late = _mean(result.losses[:30]), _mean(result.losses[-30:])
+    assert late < 0.85 * early, (early, late)  # measured 3.43 → 2.80 (the CondOT floor is high)
+    with pytest.raises(ValueError, match="must all lead with the sample dimension"):
+        fit(Field(), lambda n, g: {**labelled(n, g), "label": torch.zeros(n + 1).long()},
+            path, geometry, steps=1, batch_size=4, progress=False)

@@ -332,8 +332,7 @@ def fit(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(sample_data):
         raise TypeError(f"sample_data must be callable, got {type(sample_data).__name__}")
-    if not isinstance(path, (ProbPath, ProductPath)) and not callable(getattr(path, "sample",
-                                                                              None)):
+    if not callable(getattr(path, "sample", None)):
         raise TypeError("path must be a ProbPath or a ProductPath (anything with "
                         f"sample(x0, x1, t)), got {type(path).__name__}")
     if geometry is not None and not isinstance(geometry, Geometry):
