@@ -15,9 +15,9 @@ import math
 import pytest
 import torch
 
-from flowmatch.geometry import Euclidean, Product
+from flowmatch.geometry import Euclidean, FlatTorus, Product, ProductPoint, Segments
 from flowmatch.geometry.discrete import Discrete
-from flowmatch.paths import AffinePath, CondOTScheduler, ProductPath
+from flowmatch.paths import AffinePath, CondOTScheduler, GeodesicPath, ProductPath
 from flowmatch.paths.mixture import MixtureDiscretePath
 from flowmatch.solvers.product import ProductSolver
 
@@ -129,8 +129,11 @@ def test_bad_input_is_named():
         ProductSolver(lambda x, t: {"pos": x["pos"]}, geometry, path).sample(x0, num_steps=2)
     with pytest.raises(ValueError, match="factors"):
         path.sample({"pos": x0["pos"]}, {"pos": x0["pos"]}, torch.rand(4))
+    # a discrete factor needs a path that provides its jump step (None would hold it fixed)
     with pytest.raises(TypeError, match="ConvexScheduler"):
-        ProductSolver(exact_field, geometry, {"label": None})
+        ProductSolver(exact_field, geometry, {})
+    with pytest.raises(TypeError, match="discrete factor 'label'.*jump step"):
+        ProductSolver(exact_field, geometry, {"label": AffinePath(CondOTScheduler())})
 
 
 def test_joint_training_learns_the_coupling():
@@ -198,3 +201,137 @@ def test_intermediates_are_returned_at_the_grid_points():
     assert len(states) == 3
     assert states[0] is not None and torch.equal(states[0]["label"], x0["label"])
     assert int((states[-1]["label"] == K).sum()) == 0
+
+
+# -- batched product points: a ragged batch of crystals ------------------------------------------
+def crystal_space():
+    """Fractional coordinates on the torus (one row per atom), a lattice per crystal, and atom
+    types that condition the sample (fixed)."""
+    geometry = Product(coords=FlatTorus(3), lattice=Euclidean(6), types=Discrete(4, "uniform"),
+                       mean_free=("coords",))
+    path = ProductPath(coords=GeodesicPath(FlatTorus(3)), lattice=AffinePath(CondOTScheduler()),
+                       types=None)
+    return geometry, path
+
+
+def crystals(sizes, seed):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    return ProductPoint({"coords": torch.rand(n, 3, generator=g, dtype=torch.float64),
+                         "lattice": torch.randn(len(sizes), 6, generator=g, dtype=torch.float64),
+                         "types": torch.randint(0, 4, (n,), generator=g)},
+                        segments=Segments.from_sizes(sizes), ragged=("coords", "types"))
+
+
+def crystal_field(drift=None, seen=None):
+    """A field that couples the factors within a crystal (pooled atoms drive the lattice, the
+    lattice and the types drive the atoms) and adds a per-crystal translation ``drift``."""
+    w = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def field(x, t):
+        seg = x.segments
+        if seen is not None:
+            seen.append(tuple(t.shape))
+        assert t.shape == (x.num_samples,), "one time per crystal, not per atom"
+        angle = 2 * math.pi * x["coords"]
+        pooled = seg.mean(angle.sin())
+        coords = (angle.cos().roll(1, dims=1) + w[x["types"]] * seg.broadcast(t[:, None])
+                  + seg.broadcast(x["lattice"][:, :3] + pooled))
+        if drift is not None:
+            coords = coords + seg.broadcast(drift)
+        lattice = -x["lattice"] + torch.cat([pooled, pooled.pow(2)], dim=1) * (1 + t[:, None])
+        return {"coords": coords, "lattice": lattice}  # no output for the fixed types
+
+    return field
+
+
+def one(x, i):
+    seg, rows = x.segments.select([i])
+    return ProductPoint({"coords": x["coords"][rows], "lattice": x["lattice"][i:i + 1],
+                         "types": x["types"][rows]}, segments=seg, ragged=x.ragged)
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+@pytest.mark.parametrize("continuous_step", ["expmap", "projx"])
+def test_a_ragged_batch_of_crystals_is_the_crystals_one_by_one(method, continuous_step):
+    geometry, path = crystal_space()
+    sizes = [2, 5, 3, 7]
+    x0 = crystals(sizes, seed=1)
+    seen = []
+    solver = ProductSolver(crystal_field(seen=seen), geometry, path)
+    out = solver.sample(x0, num_steps=6, method=method, continuous_step=continuous_step)
+    assert set(seen) == {(4,)}
+    assert isinstance(out, ProductPoint) and out.segments == x0.segments
+    assert out.ragged == x0.ragged
+    assert out["types"] is x0["types"], "a fixed factor is held at its x0 value"
+    geometry.check_point(out)
+    assert solver.nfe == 6 * {"euler": 1, "midpoint": 2, "rk4": 4}[method]
+    for i, m in enumerate(sizes):
+        alone = ProductSolver(crystal_field(), geometry, path).sample(
+            one(x0, i), num_steps=6, method=method, continuous_step=continuous_step)
+        rows = x0.segments.index == i
+        assert alone["coords"].shape == (m, 3)
+        torch.testing.assert_close(alone["lattice"], out["lattice"][i:i + 1], rtol=0,
+                                   atol=1e-12)
+        torch.testing.assert_close(FlatTorus(3).dist(alone["coords"], out["coords"][rows]),
+                                   torch.zeros(m, dtype=torch.float64), rtol=0, atol=1e-12)
+        assert torch.equal(alone["types"], out["types"][rows])
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun", "rk4"])
+def test_coordinate_velocity_is_mean_free_per_crystal(method):
+    geometry, path = crystal_space()
+    x0 = crystals([2, 5, 3, 7], seed=2)
+    drift = torch.randn(4, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    plain = ProductSolver(crystal_field(), geometry, path).sample(x0, num_steps=5, method=method)
+    drifted = ProductSolver(crystal_field(drift), geometry, path).sample(x0, num_steps=5,
+                                                                         method=method)
+    # the product's proju removes each crystal's mean velocity: a per-crystal translation of the
+    # field changes nothing
+    torch.testing.assert_close(drifted["coords"], plain["coords"], rtol=0, atol=1e-12)
+    torch.testing.assert_close(drifted["lattice"], plain["lattice"], rtol=0, atol=1e-12)
+    # a short step moves every crystal's atoms by a mean-free displacement (no wrap at h = 1e-3)
+    step = ProductSolver(crystal_field(drift), geometry, path).sample(
+        x0, time_grid=[0.0, 1e-3], method=method)
+    shift = FlatTorus(3).logmap(x0["coords"], step["coords"])
+    assert float(shift.abs().max()) > 1e-4
+    assert float(x0.segments.mean(shift).abs().max()) < 1e-15
+
+
+def test_fixed_factors_by_mapping_and_a_held_continuous_factor():
+    geometry, path = crystal_space()
+    x0 = crystals([2, 5, 3, 7], seed=4)
+    by_path = ProductSolver(crystal_field(), geometry, path).sample(x0, num_steps=4)
+    # the mapping form: a factor mapped to None is fixed; continuous factors need no entry
+    by_map = ProductSolver(crystal_field(), geometry, {"types": None}).sample(x0, num_steps=4)
+    assert all(torch.equal(by_path[k], by_map[k]) for k in by_path)
+
+    def no_lattice(x, t):
+        out = crystal_field()(x, t)
+        return {"coords": out["coords"]}
+
+    held = ProductSolver(no_lattice, geometry, {"types": None, "lattice": None}).sample(
+        x0, num_steps=4, method="midpoint")
+    assert held["lattice"] is x0["lattice"] and held["types"] is x0["types"]
+    assert not torch.equal(held["coords"], x0["coords"])
+    # a field that does return a fixed factor is fine; one that omits a moving factor is not
+    ProductSolver(lambda x, t: {**crystal_field()(x, t), "types": None}, geometry, path).sample(
+        x0, num_steps=1)
+    with pytest.raises(ValueError, match=r"\['coords', 'lattice'\].*fixed \['types'\]"):
+        ProductSolver(no_lattice, geometry, path).sample(x0, num_steps=1)
+    with pytest.raises(ValueError, match="not factors"):
+        ProductSolver(no_lattice, geometry, {"charge": None})
+
+
+def test_plain_dict_points_keep_their_batch_rule():
+    # without segments the field's t has the leading size of the first continuous factor
+    geometry, path = make_space()
+    x0 = geometry.sample_base(7, dtype=torch.float64)
+    seen = []
+
+    def field(x, t):
+        seen.append(tuple(t.shape))
+        return exact_field(x, t)
+
+    out = ProductSolver(field, geometry, path).sample(x0, num_steps=3)
+    assert set(seen) == {(7,)} and type(out) is dict
