@@ -204,3 +204,24 @@ def test_sampler_bad_input():
         sample_video(gv.velocity, x0, num_steps=2, renoise_fraction=1.0)
     with pytest.raises(ValueError, match="finite"):
         sample_video(gv.velocity, torch.full((1, 1, 4, 1, 1), float("nan")), num_steps=2)
+
+
+def test_grid_rules_are_the_solvers_shared_ones():
+    # the sampler's grid is parsed by flowmatch.solvers' grid module, like every other solver's
+    from flowmatch.solvers import frame_time_grid
+
+    gv = GaussianVideo(4)
+    x0 = torch.zeros(2, 1, 4, 1, 1)
+    with pytest.raises(ValueError, match="not both"):
+        sample_video(gv.velocity, x0, time_grid=[0.0, 1.0], num_steps=2)
+    with pytest.raises(ValueError, match=r"time_grid must lie in \[0, 1\]"):
+        sample_video(gv.velocity, x0, time_grid=[0.0, 1.5])
+    with pytest.raises(ValueError, match="time_grid must be finite"):
+        sample_video(gv.velocity, x0, time_grid=[0.0, float("nan"), 1.0])
+    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+        sample_video(gv.velocity, x0, num_steps=0)
+    grid = frame_time_grid(None, 4, 4, dtype=F64, device=torch.device("cpu"))
+    assert torch.equal(grid, torch.linspace(0, 1, 5, dtype=F64))
+    per_frame = frame_time_grid(grid[:, None].expand(5, 4), None, 4, dtype=F64,
+                                device=torch.device("cpu"))
+    assert per_frame.shape == (5, 4)

@@ -7,11 +7,18 @@ hit exactly. Checks shared by all of them are :func:`check_time_grid` and
 
 * :func:`step_grid` (Euclidean ``ODESolver``): steps of one size h start at the grid's first
   time and run through the whole span; interior grid times become extra nodes.
-* :func:`steps_per_interval` (Riemannian solver; CTMC and product samplers through
-  :func:`forward_step_times`): every interval of the grid is split into equal sub-steps, so the
-  step times depend only on that interval. ``step_size`` h gives ⌈span/h⌉ sub-steps per
-  interval in both; ``num_steps`` N is spread over the intervals in proportion to their lengths
-  (rounded, the Riemannian solver) or turned into the bound h = span/N (the forward samplers).
+* :func:`steps_per_interval` (Riemannian solver through :func:`interval_steps`; CTMC and
+  product samplers through :func:`forward_step_times` / :func:`forward_steps`): every interval
+  of the grid is split into equal sub-steps, so the step times depend only on that interval.
+  ``step_size`` h gives ⌈span/h⌉ sub-steps per interval in both; ``num_steps`` N is spread over
+  the intervals in proportion to their lengths (rounded, the Riemannian solver) or turned into
+  the bound h = span/N (the forward samplers).
+* :func:`frame_time_grid` (the video sampler): one step per grid interval, the grid given or
+  uniform with ``num_steps`` steps, shared by all frames ([N + 1]) or per frame ([N + 1, T]).
+
+The step times feed the explicit Runge–Kutta engine (:mod:`flowmatch.solvers.engine`), whose
+:func:`~flowmatch.solvers.engine.node_steps` and :func:`~flowmatch.solvers.engine.float_steps`
+turn them into stages.
 """
 
 from __future__ import annotations
@@ -25,6 +32,21 @@ import torch
 from torch import Tensor
 
 TimeGrid = Tensor | Sequence[float]
+
+
+def _check_finite(grid: Tensor) -> None:
+    bad = ~torch.isfinite(grid)
+    if bool(bad.any()):
+        n_nan = int(torch.isnan(grid).sum())
+        raise ValueError(f"time_grid must be finite, but it holds {n_nan} NaN and "
+                         f"{int(bad.sum()) - n_nan} infinite values: {grid.tolist()}")
+
+
+def _check_range(grid: Tensor, hint: str = "") -> None:
+    lo, hi = float(grid.min()), float(grid.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"time_grid must lie in [0, 1] (t = 0 noise, t = 1 data), but "
+                         f"ranges over [{lo:g}, {hi:g}]{hint}")
 
 
 def check_time_grid(grid: Tensor, *, allow_any_time: bool = False,
@@ -41,11 +63,7 @@ def check_time_grid(grid: Tensor, *, allow_any_time: bool = False,
             "time_grid must be a 1-D sequence of at least two times, got shape "
             f"{tuple(grid.shape)}"
         )
-    bad = ~torch.isfinite(grid)
-    if bool(bad.any()):
-        n_nan = int(torch.isnan(grid).sum())
-        raise ValueError(f"time_grid must be finite, but it holds {n_nan} NaN and "
-                         f"{int(bad.sum()) - n_nan} infinite values: {grid.tolist()}")
+    _check_finite(grid)
     steps = grid[1:] - grid[:-1]
     if increasing:
         if not bool((steps > 0).all()):
@@ -56,11 +74,43 @@ def check_time_grid(grid: Tensor, *, allow_any_time: bool = False,
             f"time_grid must be strictly increasing or strictly decreasing, got {grid.tolist()}"
         )
     if not allow_any_time:
-        lo, hi = float(grid.min()), float(grid.max())
-        if lo < 0.0 or hi > 1.0:
-            hint = "; pass allow_any_time=True for other time domains" if any_time_hint else ""
-            raise ValueError(f"time_grid must lie in [0, 1] (t = 0 noise, t = 1 data), but "
-                             f"ranges over [{lo:g}, {hi:g}]{hint}")
+        _check_range(grid, "; pass allow_any_time=True for other time domains"
+                     if any_time_hint else "")
+
+
+def frame_time_grid(time_grid: Tensor | Sequence[float] | Sequence[Sequence[float]] | None,
+                    num_steps: int | None, frames: int, *, dtype: torch.dtype,
+                    device: torch.device) -> Tensor:
+    """The validated grid of a video sampler, [N + 1] or per frame [N + 1, T], in ``dtype``.
+
+    Rule of :class:`~flowmatch.plugins.video.samplers.VideoSampler`: ``time_grid`` or
+    ``num_steps`` (a uniform grid on [0, 1]; one step when neither is given), not both. A
+    shared grid increases strictly (t: 0 = noise → 1 = data); a per-frame grid has one column
+    per frame (``frames``) and is non-decreasing in each (frames may wait, never go back). All
+    times are finite and in [0, 1].
+    """
+    if time_grid is not None and num_steps is not None:
+        raise ValueError("give time_grid or num_steps, not both")
+    if time_grid is None:
+        n = 1 if num_steps is None else num_steps
+        if int(n) != n or n < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
+        return torch.linspace(0, 1, int(n) + 1, dtype=dtype, device=device)
+    grid = torch.as_tensor(time_grid).to(dtype=dtype, device=device)
+    if grid.dim() not in (1, 2) or grid.shape[0] < 2:
+        raise ValueError(f"time_grid must be [N + 1] or per-frame [N + 1, T] with N ≥ 1, "
+                         f"got shape {tuple(grid.shape)}")
+    _check_finite(grid)
+    if grid.dim() == 2:
+        if grid.shape[1] != frames:
+            raise ValueError(f"per-frame time_grid has {grid.shape[1]} frames but the "
+                             f"video has T = {frames}")
+        if bool((grid[1:] < grid[:-1]).any()):
+            raise ValueError("a per-frame time_grid must be non-decreasing in every frame")
+    elif bool((grid[1:] <= grid[:-1]).any()):
+        raise ValueError("time_grid must be strictly increasing (t: 0 = noise → 1 = data)")
+    _check_range(grid)
+    return grid
 
 
 def grid_as_floats(time_grid: TimeGrid | None, default: Sequence[float], *,

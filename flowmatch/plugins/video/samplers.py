@@ -4,6 +4,11 @@ A video velocity field is called ``field(x, t, **cond)`` with x of shape [B, C, 
 shape [B] (one time per clip) or [B, T] (one time per frame), in flowmatch time (0 = noise,
 1 = data); it returns the velocity u = dx/dt, shaped like x.
 
+The steps run in the explicit Runge–Kutta loop of :mod:`flowmatch.solvers.engine` (tableaux
+euler, heun, midpoint; the :class:`~flowmatch.solvers.engine.FlatBroadcast` motion, whose step
+length h is a tensor: one per frame on a per-frame grid); re-noising and the "replace"
+conditioning are the loop's before/after hooks, frozen frames a property of the field wrapper.
+
 Conditioning frames (a boolean ``known`` mask over frames, True = given) enter in one of two ways:
 
 * ``"per_frame"`` (for a field trained with frame masks): known frames are the clean reference,
@@ -27,6 +32,8 @@ from torch import Tensor, nn
 
 from flowmatch._validation import check_finite, validation_enabled
 from flowmatch.plugins.video.conventions import check_video, frame_time_like
+from flowmatch.solvers import frame_time_grid
+from flowmatch.solvers.engine import TABLEAUX, FlatBroadcast, Solution, Step, solve
 
 __all__ = ["MultiBranchGuidance", "VideoSampler", "renoise", "sample_video"]
 
@@ -115,8 +122,9 @@ class VideoSampler:
         renoise_fraction: float = 0.0,
         generator: torch.Generator | None = None,
         return_intermediates: bool = False,
+        return_solution: bool = False,
         **cond: Any,
-    ) -> Tensor:
+    ) -> Tensor | Solution:
         """Integrate dx/dt = u(x, t) from the noise x0 along ``time_grid`` (increasing to 1).
 
         Args:
@@ -131,11 +139,14 @@ class VideoSampler:
             renoise_fraction: before each step from t_i > 0, step back to
                 t_i − f·(t_{i+1} − t_i) with exact re-noising (stochastic sampling; 0 = ODE).
             return_intermediates: return [N + 1, B, C, T, H, W] states instead of the last one.
+            return_solution: return a :class:`~flowmatch.solvers.engine.Solution` holding the
+                result as ``state`` with this call's ``nfe``, steps and grid times.
             **cond: passed to the field on every call.
         """
         check_video("x0", x0)
         check_finite("x0", x0)
-        grid = self._grid(time_grid, num_steps, x0)
+        grid = frame_time_grid(time_grid, num_steps, x0.shape[2], dtype=x0.dtype,
+                               device=x0.device)
         per_frame_grid = grid.dim() == 2
         if not 0 <= renoise_fraction < 1:
             raise ValueError(f"renoise_fraction must lie in [0, 1), got {renoise_fraction}")
@@ -176,64 +187,44 @@ class VideoSampler:
             else:
                 g0 = spread(grid[0])
                 x = torch.where(m5, g0 * reference + (1 - g0) * x0, x0)
-        states = [x] if return_intermediates else None
-        for i in range(grid.shape[0] - 1):
+
+        # the steps: from t_i (or its re-noised t_back) to t_{i+1}, the field's time at stage c
+        # t + c (t_{i+1} − t); a Heun step that ends the grid at t = 1 is Euler (final_euler)
+        n = grid.shape[0] - 1
+        steps, backs = [], {}
+        for i in range(n):
             t0, t1 = grid[i], grid[i + 1]
             if renoise_fraction > 0 and float(t0) > 0:
-                t_back = (t0 - renoise_fraction * (t1 - t0)).clamp_min(0)
-                x_new = renoise(x, t0.expand(B), t_back.expand(B), generator=generator)
-                # frozen frames stay clean; replaced frames are overwritten below anyway
-                x = torch.where(m5, x, x_new) if frozen is not None else x_new
-                t0 = t_back
-            h = spread(t1 - t0)
+                backs[i] = (t0, (t0 - renoise_fraction * (t1 - t0)).clamp_min(0))
+                t0 = backs[i][1]
             euler_here = self.method == "euler" or (
-                self.method == "heun" and self.final_euler and i == grid.shape[0] - 2
+                self.method == "heun" and self.final_euler and i == n - 1
                 and bool((t1 == 1).all()))
-            if euler_here:
-                x = x + h * self._eval(x, batch(t0), frozen, cond)
-            elif self.method == "heun":
-                k1 = self._eval(x, batch(t0), frozen, cond)
-                k2 = self._eval(x + h * k1, batch(t1), frozen, cond)
-                x = x + 0.5 * h * (k1 + k2)
-            else:
-                k1 = self._eval(x, batch(t0), frozen, cond)
-                tm = batch(t0 + 0.5 * (t1 - t0))
-                x = x + h * self._eval(x + 0.5 * h * k1, tm, frozen, cond)
-            if known is not None and conditioning == "replace":
-                g1 = spread(t1)
-                x = torch.where(m5, g1 * reference + (1 - g1) * x0, x)
-            if states is not None:
-                states.append(x)
-        return torch.stack(states) if states is not None else x
+            tableau = TABLEAUX["euler" if euler_here else self.method]
+            times = tuple(batch(t0 if c == 0.0 else t1 if c == 1.0 else t0 + c * (t1 - t0))
+                          for c in tableau.c)
+            steps.append(Step(t0, t1, spread(t1 - t0), times, tableau,
+                              keep=return_intermediates))
 
-    @staticmethod
-    def _grid(time_grid, num_steps, x0: Tensor) -> Tensor:
-        if time_grid is not None and num_steps is not None:
-            raise ValueError("give time_grid or num_steps, not both")
-        if time_grid is None:
-            n = 1 if num_steps is None else num_steps
-            if int(n) != n or n < 1:
-                raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
-            return torch.linspace(0, 1, int(n) + 1, dtype=x0.dtype, device=x0.device)
-        grid = torch.as_tensor(time_grid).to(dtype=x0.dtype, device=x0.device)
-        if grid.dim() not in (1, 2) or grid.shape[0] < 2:
-            raise ValueError(f"time_grid must be [N + 1] or per-frame [N + 1, T] with N ≥ 1, "
-                             f"got shape {tuple(grid.shape)}")
-        check_finite("time_grid", grid)
-        if grid.dim() == 2:
-            if grid.shape[1] != x0.shape[2]:
-                raise ValueError(f"per-frame time_grid has {grid.shape[1]} frames but the "
-                                 f"video has T = {x0.shape[2]}")
-            # frames may wait (staggered / rolling schedules) but never go back
-            if bool((grid[1:] < grid[:-1]).any()):
-                raise ValueError("a per-frame time_grid must be non-decreasing in every frame")
-        elif bool((grid[1:] <= grid[:-1]).any()):
-            raise ValueError("time_grid must be strictly increasing (t: 0 = noise → 1 = data)")
-        if float(grid.min()) < 0 or float(grid.max()) > 1:
-            raise ValueError(
-                f"time_grid must lie in [0, 1], got [{float(grid.min())}, {float(grid.max())}]"
-            )
-        return grid
+        def before(i: int, x: Tensor) -> Tensor:
+            if i not in backs:
+                return x
+            t0, t_back = backs[i]
+            x_new = renoise(x, t0.expand(B), t_back.expand(B), generator=generator)
+            # frozen frames stay clean; replaced frames are overwritten below anyway
+            return torch.where(m5, x, x_new) if frozen is not None else x_new
+
+        def after(i: int, x: Tensor) -> Tensor:
+            g1 = spread(grid[i + 1])
+            return torch.where(m5, g1 * reference + (1 - g1) * x0, x)
+
+        sol = solve(lambda y, t: self._eval(y, t, frozen, cond), x, steps, FlatBroadcast(),
+                    before=before if backs else None,
+                    after=after if known is not None and conditioning == "replace" else None)
+        out = torch.stack([x, *sol.trajectory]) if return_intermediates else sol.state
+        if return_solution:
+            return Solution(out, sol.nfe, sol.num_steps, tuple(grid.tolist()))
+        return out
 
 
 def sample_video(field: Callable[..., Tensor], x0: Tensor, *, method: Method = "euler",
