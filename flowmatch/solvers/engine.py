@@ -59,6 +59,7 @@ class Tableau:
     b: tuple[Fraction, ...]
     terms: tuple[tuple[Term, ...], ...] = field(init=False, repr=False)
     update: tuple[Term, ...] = field(init=False, repr=False)
+    stages: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         def nonzero(row: Sequence[Fraction]) -> tuple[Term, ...]:
@@ -66,10 +67,7 @@ class Tableau:
 
         object.__setattr__(self, "terms", tuple(nonzero(row) for row in self.a))
         object.__setattr__(self, "update", nonzero(self.b))
-
-    @property
-    def stages(self) -> int:
-        return len(self.c)
+        object.__setattr__(self, "stages", len(self.c))
 
 
 _F = Fraction
@@ -94,7 +92,7 @@ def _scale(h: Any, p: int, q: int) -> Any:
 
 
 # -- steps and results -------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Step:
     """One step: from ``t`` to ``t_next`` with signed length ``h`` under ``tableau``.
 
@@ -152,21 +150,17 @@ def node_steps(nodes: Tensor, tableau: Tableau, batch: int,
     (default: only the last).
     """
     n = nodes.shape[0] - 1
-    views: dict[float, tuple[Tensor, ...]] = {}
+    t_node = nodes[:, None].expand(n + 1, batch).unbind(0)
+    views: dict[float, tuple[Tensor, ...]] = {0.0: t_node[:-1], 1.0: t_node[1:]}
     for c in tableau.c:
         if c not in views:
-            if c == 0.0:
-                tc = nodes[:-1]
-            elif c == 1.0:
-                tc = nodes[1:]
-            else:
-                tc = stage_time(nodes[:-1], nodes[1:], c)
-            views[c] = tc[:, None].expand(n, batch).unbind(0)
+            views[c] = stage_time(nodes[:-1], nodes[1:], c)[:, None].expand(n, batch).unbind(0)
     ts = nodes.tolist()
     hs = (nodes[1:] - nodes[:-1]).tolist()
     keep = keep if keep is not None else [False] * (n - 1) + [True]
-    return [Step(ts[i], ts[i + 1], hs[i], tuple(views[c][i] for c in tableau.c), tableau,
-                 keep[i]) for i in range(n)]
+    stage_views = [views[c] for c in tableau.c]
+    return [Step(ts[i], ts[i + 1], hs[i], tuple(v[i] for v in stage_views), tableau, keep[i])
+            for i in range(n)]
 
 
 def float_steps(starts: Sequence[float], hs: Sequence[float], ends: Sequence[float],
@@ -186,8 +180,11 @@ class Motion:
     base point x (the identity unless the motion works in a chart at x); ``stage(x, terms, ks,
     h)`` is the stage point x ⊕ h Σ_j w_j k_j and ``update(x, terms, ks, h, t)`` the step's end
     point, for ``terms`` (j, p, q) with w_j = p/q. The end point is a stage point unless the
-    motion says otherwise.
+    motion says otherwise. ``pulls`` is False for motions whose ``tangent`` is the identity (the
+    loop then skips the call).
     """
+
+    pulls = False
 
     def tangent(self, x: Any, y: Any, k: Any) -> Any:
         return k
@@ -205,10 +202,12 @@ def _fused(x: Any, terms: Sequence[Term], ks: Sequence[Any], h: float) -> Any:
         return x
     if not isinstance(x, Tensor):
         return tuple(_fused(xi, terms, [k[i] for k in ks], h) for i, xi in enumerate(x))
-    (j, p, q), *rest = terms
-    out = torch.add(x, ks[j], alpha=_scale(h, p, q))
-    for j, p, q in rest:
-        out.add_(ks[j], alpha=_scale(h, p, q))
+    # _scale inlined: this is the hot path of ODESolver
+    j, p, q = terms[0]
+    out = torch.add(x, ks[j], alpha=h if p == q else h / q if p == 1 else h * p / q)
+    for i in range(1, len(terms)):
+        j, p, q = terms[i]
+        out.add_(ks[j], alpha=h if p == q else h / q if p == 1 else h * p / q)
     return out
 
 
@@ -228,6 +227,9 @@ class Flat(Motion):
     """
 
     def stage(self, x, terms, ks, h):
+        return _fused(x, terms, ks, h)
+
+    def update(self, x, terms, ks, h, t):
         return _fused(x, terms, ks, h)
 
 
@@ -267,6 +269,8 @@ class ExpMap(Motion):
     JVP; none at y = x); the step ends at exp_x(P_x h Σ b_i k̃_i), re-projected with projx if
     ``project`` (rounding drift only).
     """
+
+    pulls = True
 
     def __init__(self, geometry: Any, project: bool = True) -> None:
         self.geometry, self.project = geometry, project
@@ -329,6 +333,8 @@ class Jump(Motion):
 class Fixed(Motion):
     """A conditioning value: it never moves and needs no output from the field."""
 
+    pulls = True
+
     def tangent(self, x, y, k):
         return None
 
@@ -344,6 +350,7 @@ class TupleMotion(Motion):
 
     def __init__(self, *motions: Motion) -> None:
         self.motions = motions
+        self.pulls = any(m.pulls for m in motions)
 
     def tangent(self, x, y, k):
         return tuple(m.tangent(xi, yi, ki) for m, xi, yi, ki in zip(self.motions, x, y, k,
@@ -376,6 +383,7 @@ class Factors(Motion):
         self.proju = proju
         self.tangent_factors = tuple(tangent_factors)
         self.moving = tuple(k for k, m in self.motions.items() if not isinstance(m, Fixed))
+        self.pulls = True
 
     def tangent(self, x, y, k):
         out = {name: k[name] for name in self.moving if name not in self.tangent_factors}
@@ -402,16 +410,6 @@ class Factors(Motion):
 
 
 # -- the loop ----------------------------------------------------------------------------------
-def rk_step(f: Callable[[Any, Any], Any], x: Any, step: Step, motion: Motion) -> Any:
-    """One explicit Runge–Kutta step of ẋ = f(x, t) from x (see :class:`Motion`)."""
-    tab, h, times = step.tableau, step.h, step.times
-    ks = [motion.tangent(x, x, f(x, times[0]))]
-    for i in range(1, tab.stages):
-        y = motion.stage(x, tab.terms[i], ks, h)
-        ks.append(motion.tangent(x, y, f(y, times[i])))
-    return motion.update(x, tab.update, ks, h, step.t)
-
-
 def solve(
     f: Callable[[Any, Any], Any],
     x0: Any,
@@ -431,11 +429,20 @@ def solve(
     x = x0
     kept = []
     nfe = 0
+    pulls = motion.pulls
     for i, step in enumerate(steps):
         if before is not None:
             x = before(i, x)
-        x = rk_step(f, x, step, motion)
-        nfe += step.tableau.stages
+        # one explicit Runge–Kutta step from x: stages, slopes at the base point, the update
+        tab, h, times = step.tableau, step.h, step.times
+        k = f(x, times[0])
+        ks = [motion.tangent(x, x, k) if pulls else k]
+        for s in range(1, tab.stages):
+            y = motion.stage(x, tab.terms[s], ks, h)
+            k = f(y, times[s])
+            ks.append(motion.tangent(x, y, k) if pulls else k)
+        x = motion.update(x, tab.update, ks, h, step.t)
+        nfe += tab.stages
         if after is not None:
             x = after(i, x)
         if step.keep:
