@@ -87,6 +87,9 @@ def test_loader_parses_names_malformed_rows_and_caches(tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 1
     again = load_cdvae_csv(path, cache_dir=tmp_path / "cache")
     assert torch.equal(again.coords, data.coords) and again.ids == data.ids
+    both = type(data).concat([data, again])
+    assert len(both) == 4 and both.properties["heat_ref"].shape == (4,)
+    assert torch.equal(both.batch([2])["coords"], data.batch([0])["coords"])
     batch = data.sample(5, torch.Generator().manual_seed(0))
     assert batch.num_samples == 5 and batch["coords"].shape == (25, 3)
     bad = tmp_path / "bad.csv"

@@ -72,6 +72,19 @@ class CrystalSet:
         idx = torch.randint(len(self), (n,), generator=generator)
         return self.batch(idx)
 
+    @staticmethod
+    def concat(parts: Sequence[CrystalSet]) -> CrystalSet:
+        """One CrystalSet of several (e.g. two CSV files); properties kept where all have them."""
+        if not parts:
+            raise ValueError("concat needs at least one CrystalSet")
+        shared = set.intersection(*(set(p.properties) for p in parts))
+        return CrystalSet(torch.cat([p.lattices for p in parts]),
+                          torch.cat([p.coords for p in parts]),
+                          torch.cat([p.types for p in parts]),
+                          torch.cat([p.sizes for p in parts]),
+                          [i for p in parts for i in p.ids],
+                          {k: torch.cat([p.properties[k] for p in parts]) for k in sorted(shared)})
+
     def subset(self, indices: Sequence[int] | Tensor) -> CrystalSet:
         """A CrystalSet of the crystals at ``indices`` (in that order)."""
         indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)

@@ -1,0 +1,227 @@
+"""Crystal structure prediction (CSP): a flow from noise to structures of a given composition.
+
+:class:`CrystalFlow` bundles what a trained model needs — the product geometry (lattice with a
+base fitted to the training lattices, fractional coordinates, fixed atom types), the path
+(straight lattice path, torus geodesics for the coordinates, types held) and the velocity
+network — and offers ``train`` (through :func:`flowmatch.training.fit`), ``sample`` (through
+:class:`flowmatch.solvers.ProductSolver`), ``predict`` (formulas → pymatgen structures) and
+weights-only ``save``/``load``.
+
+Compositions. A formula such as ``"SrTiO3"`` fixes the elements' ratios, not the number of
+formula units Z in the cell. Unless ``formula_units`` is given, Z is chosen so that the atom
+count Z·n is the one the training set holds most often among the multiples of n (smallest Z
+on ties; Z = 1 if no multiple occurs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flowmatch.geometry import Euclidean, FlatTorus, ProductPoint, Segments
+from flowmatch.paths import CondOTPath, GeodesicPath, ProductPath
+from flowmatch.plugins.crystal.data import CrystalSet
+from flowmatch.plugins.crystal.model import CrystalVelocityNet
+from flowmatch.plugins.crystal.representation import (
+    NUM_ELEMENTS,
+    RAGGED,
+    batch_to_structures,
+    crystal_product,
+)
+
+__all__ = ["CHECKPOINT_FORMAT", "AnnealedCoordinates", "CrystalFlow", "composition_tokens"]
+
+CHECKPOINT_FORMAT = "flowmatch.crystal.csp/1"
+_NET_KEYS = ("hidden", "layers", "num_freqs", "time_dim")
+
+
+def composition_tokens(formula: str, *, formula_units: int | None = None,
+                       size_counts: dict[int, int] | None = None) -> Tensor:
+    """Atom type tokens (Z − 1, sorted by element) of ``formula`` × Z formula units.
+
+    ``formula`` is any formula pymatgen parses (``"SrTiO3"``, ``"Ca2Ti2O6"``); it is reduced
+    first, then multiplied by ``formula_units`` or the Z chosen from ``size_counts`` (module
+    docstring). Unknown elements are a ValueError naming them.
+    """
+    from pymatgen.core import Composition, Element
+
+    try:
+        comp = Composition(formula)
+    except Exception as err:  # noqa: BLE001 - pymatgen raises several types here
+        raise ValueError(f"cannot parse the formula {formula!r}: {err}") from err
+    if comp.num_atoms == 0:
+        raise ValueError(f"the formula {formula!r} has no atoms")
+    # pymatgen reads an unknown symbol ("Xx") as a dummy species rather than failing
+    unknown = [getattr(el, "symbol", str(el)) for el in comp.elements
+               if not isinstance(el, Element)]
+    if unknown:
+        raise ValueError(f"the formula {formula!r} has unknown elements: {unknown}")
+    outside = [el.symbol for el in comp.elements if not 1 <= el.Z <= NUM_ELEMENTS]
+    if outside:
+        raise ValueError(f"the formula {formula!r} has elements beyond Fm (Z > {NUM_ELEMENTS}), "
+                         f"which the models do not know: {outside}")
+    reduced, _ = comp.get_reduced_composition_and_factor()
+    counts = {el.Z: int(round(reduced[el])) for el in reduced.elements}
+    n = sum(counts.values())
+    if formula_units is None:
+        candidates = {z: (size_counts or {}).get(z * n, 0) for z in range(1, 65)}
+        best = max(candidates.values())
+        formula_units = min(z for z, c in candidates.items() if c == best) if best else 1
+    if isinstance(formula_units, bool) or not isinstance(formula_units, int) or formula_units < 1:
+        raise ValueError(f"formula_units must be a positive integer, got {formula_units!r}")
+    tokens = [z - 1 for z in sorted(counts) for _ in range(counts[z] * formula_units)]
+    return torch.tensor(tokens, dtype=torch.long)
+
+
+class AnnealedCoordinates(torch.nn.Module):
+    """Scale the coordinate velocity by 1 + slope·t (CrystalFlow's "anti-annealing": faster
+    coordinates late in the flow sharpen positions); other outputs pass through."""
+
+    def __init__(self, field: torch.nn.Module, slope: float) -> None:
+        super().__init__()
+        if not slope >= 0:
+            raise ValueError(f"slope must be ≥ 0, got {slope!r}")
+        self.field, self.slope = field, float(slope)
+
+    def forward(self, x: ProductPoint, t: Tensor) -> dict[str, Tensor]:
+        out = dict(self.field(x, t))
+        out["coords"] = out["coords"] * x.rows_of("coords", 1 + self.slope * t)[:, None]
+        return out
+
+
+class CrystalFlow:
+    """A CSP model: geometry, path and velocity network (see the module docstring)."""
+
+    def __init__(self, net: CrystalVelocityNet, lattice: Euclidean, *,
+                 size_counts: dict[int, int] | None = None,
+                 info: dict[str, Any] | None = None) -> None:
+        if not isinstance(net, CrystalVelocityNet):
+            raise TypeError(f"net must be a CrystalVelocityNet, got {type(net).__name__}")
+        self.net = net
+        self.geometry = crystal_product(lattice)
+        self.path = ProductPath(lattice=CondOTPath(), coords=GeodesicPath(FlatTorus(3, 1.0)),
+                                types=None)
+        self.size_counts = dict(size_counts or {})
+        self.info = dict(info or {})
+
+    @classmethod
+    def for_data(cls, data: CrystalSet, *, hidden: int = 192, layers: int = 4,
+                 num_freqs: int = 16, time_dim: int = 64) -> CrystalFlow:
+        """A fresh model whose lattice base and input scaling are fitted to ``data``."""
+        lattice = Euclidean.fitted(data.lattices)
+        net = CrystalVelocityNet(hidden, layers, num_freqs=num_freqs, time_dim=time_dim,
+                                 lattice_loc=lattice.base_loc, lattice_scale=lattice.base_scale)
+        sizes = Counter(int(n) for n in data.sizes.tolist())
+        return cls(net, lattice, size_counts=dict(sizes))
+
+    # -- training ------------------------------------------------------------------------
+    def train(self, data: CrystalSet, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
+              coords_weight: float = 400.0, ema_decay: float = 0.999, grad_clip: float = 0.5,
+              seed: int = 0, progress: bool = True, checkpoint_path: str | None = None,
+              **fit_kwargs: Any):
+        """Train by flow matching with :func:`~flowmatch.training.fit`; returns its result.
+
+        Loss weights coordinates : lattice = ``coords_weight`` : 1 on per-dimension losses,
+        normalised to sum to 1 (FlowMM's CSP weighting is 400 : 1). The network is replaced by
+        the EMA network at the end.
+        """
+        from flowmatch.training import fit
+
+        w = float(coords_weight)
+        result = fit(self.net, data.sample, self.path, self.geometry, steps=steps,
+                     batch_size=batch_size, lr=lr, ema_decay=ema_decay, grad_clip=grad_clip,
+                     loss_weights={"coords": w / (w + 1), "lattice": 1 / (w + 1)},
+                     seed=seed, progress=progress, checkpoint_path=checkpoint_path,
+                     **fit_kwargs)
+        if result.ema_model is not None:
+            self.net = result.ema_model
+        self.net.eval()
+        self.info.update({"steps": steps, "batch_size": batch_size, "lr": lr,
+                          "coords_weight": w, "ema_decay": ema_decay, "seed": seed,
+                          "train_seconds": round(result.seconds, 1)})
+        return result
+
+    # -- sampling ------------------------------------------------------------------------
+    def base_like(self, types: Sequence[Tensor] | ProductPoint, *,
+                  generator: torch.Generator | None = None) -> ProductPoint:
+        """Noise crystals with the given atom types (a list of token tensors, or a batch whose
+        types are kept): lattice from the fitted base, uniform coordinates."""
+        if isinstance(types, ProductPoint):
+            seg, tokens = types.segments, types["types"]
+        else:
+            seg = Segments.from_sizes([int(t.shape[0]) for t in types])
+            tokens = torch.cat(list(types)).long()
+        like = ProductPoint({"lattice": torch.zeros(seg.num_segments, 6),
+                             "coords": torch.zeros(seg.num_rows, 3), "types": tokens},
+                            segments=seg, ragged=RAGGED)
+        x0 = self.geometry.sample_base_like(like, generator=generator)
+        x0["types"] = tokens
+        return x0
+
+    @torch.no_grad()
+    def sample(self, types: Sequence[Tensor] | ProductPoint, *, steps: int = 100,
+               method: str = "euler", anneal_slope: float = 0.0,
+               generator: torch.Generator | None = None) -> ProductPoint:
+        """Integrate the flow from noise to crystals with the given atom types."""
+        from flowmatch.solvers import ProductSolver
+
+        field = AnnealedCoordinates(self.net, anneal_slope) if anneal_slope else self.net
+        x0 = self.base_like(types, generator=generator)
+        solver = ProductSolver(field, self.geometry, self.path)
+        out = solver.sample(x0, num_steps=steps, method=method)
+        self.nfe = solver.nfe
+        return out
+
+    def predict(self, formulas: Sequence[str], *, num_samples: int = 1,
+                formula_units: int | None = None, **sample_kwargs: Any) -> list[list[Any]]:
+        """``num_samples`` pymatgen structures per formula (None where one cannot be built)."""
+        tokens = [composition_tokens(f, formula_units=formula_units,
+                                     size_counts=self.size_counts) for f in formulas]
+        batch = [t for t in tokens for _ in range(num_samples)]
+        structures = batch_to_structures(self.sample(batch, **sample_kwargs))
+        return [structures[i * num_samples:(i + 1) * num_samples] for i in range(len(formulas))]
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        net = self.net
+        lat = self.geometry["lattice"]
+        return {"net": {"hidden": net.hidden, "layers": len(net.layers),
+                        "num_freqs": int(net.freqs.shape[0]),
+                        "time_dim": net.time[0].dim},
+                "lattice_loc": lat.base_loc.tolist(), "lattice_scale": lat.base_scale.tolist(),
+                "size_counts": {str(k): v for k, v in self.size_counts.items()},
+                "info": self.info}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write a weights-only checkpoint atomically."""
+        from flowmatch.training.checkpoint import save_checkpoint
+
+        state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "config": self.config(),
+                               "state_dict": state})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CrystalFlow:
+        """Read a checkpoint of :meth:`save` (``torch.load(weights_only=True)``)."""
+        from flowmatch.training.checkpoint import load_checkpoint
+
+        state = load_checkpoint(path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"model {str(path)!r} is not a {CHECKPOINT_FORMAT!r} checkpoint "
+                             f"(format {state.get('format')!r})")
+        cfg = state["config"]
+        lattice = Euclidean(6, torch.tensor(cfg["lattice_scale"], dtype=torch.float64),
+                            base_loc=torch.tensor(cfg["lattice_loc"], dtype=torch.float64))
+        net = CrystalVelocityNet(**{k: cfg["net"][k] for k in _NET_KEYS},
+                                 lattice_loc=lattice.base_loc, lattice_scale=lattice.base_scale)
+        try:
+            net.load_state_dict(state["state_dict"])
+        except RuntimeError as err:
+            raise ValueError(f"model {str(path)!r}: weights do not fit its config: {err}") from err
+        sizes = {int(k): int(v) for k, v in cfg.get("size_counts", {}).items()}
+        return cls(net.eval(), lattice, size_counts=sizes, info=cfg.get("info", {}))

@@ -1,0 +1,102 @@
+"""Crystal structure prediction end to end: compositions, a short training run, checkpoints,
+sampling to pymatgen structures and the `flowmatch crystal predict` command."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("pymatgen")
+
+from pymatgen.core import Lattice, Structure  # noqa: E402
+
+from flowmatch.cli import main  # noqa: E402
+from flowmatch.plugins.crystal import structures_to_batch  # noqa: E402
+from flowmatch.plugins.crystal.csp import CrystalFlow, composition_tokens  # noqa: E402
+from flowmatch.plugins.crystal.data import CrystalSet  # noqa: E402
+
+
+def perovskites(n: int, seed: int = 0) -> CrystalSet:
+    """Cubic ABO3 perovskites with jittered cells and a few A/B choices."""
+    g = torch.Generator().manual_seed(seed)
+    a_sites, b_sites = ["Sr", "Ba", "Ca", "K"], ["Ti", "Zr", "Nb", "Mg"]
+    structures = []
+    for _ in range(n):
+        a = a_sites[int(torch.randint(4, (1,), generator=g))]
+        b = b_sites[int(torch.randint(4, (1,), generator=g))]
+        side = 3.9 + 0.2 * float(torch.rand(1, generator=g))
+        structures.append(Structure(Lattice.cubic(side), [a, b, "O", "O", "O"],
+                                    [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5],
+                                     [0, 0.5, 0.5]]))
+    batch = structures_to_batch(structures, dtype=torch.float64)
+    sizes = batch.segments.counts()
+    return CrystalSet(batch["lattice"], batch["coords"], batch["types"], sizes,
+                      [f"toy-{i}" for i in range(n)])
+
+
+def test_composition_tokens_choose_formula_units_from_training_sizes():
+    sr, ti, o = 38 - 1, 22 - 1, 8 - 1
+    assert composition_tokens("SrTiO3").tolist() == [o, o, o, ti, sr]
+    assert len(composition_tokens("Ca2Ti2O6")) == 5, "reduced first"
+    assert len(composition_tokens("SrTiO3", size_counts={5: 3, 10: 7})) == 10
+    assert len(composition_tokens("SrTiO3", formula_units=4)) == 20
+    with pytest.raises(ValueError, match=r"'Xx2O' has unknown elements: \['Xx'\]"):
+        composition_tokens("Xx2O")
+    with pytest.raises(ValueError, match="cannot parse the formula"):
+        composition_tokens("Sr(TiO3")
+    with pytest.raises(ValueError, match="formula_units must be a positive integer"):
+        composition_tokens("SrTiO3", formula_units=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.manual_seed(0)
+    data = perovskites(64)
+    flow = CrystalFlow.for_data(data, hidden=32, layers=2, num_freqs=4)
+    result = flow.train(data, steps=150, batch_size=32, lr=3e-3, progress=False)
+    path = tmp_path_factory.mktemp("model") / "csp.pt"
+    flow.save(path)
+    return flow, result, path
+
+
+def test_training_learns_and_checkpoints_round_trip(trained):
+    flow, result, path = trained
+    early, late = sum(result.losses[:15]) / 15, sum(result.losses[-15:]) / 15
+    assert late < 0.8 * early, (early, late)
+    loaded = CrystalFlow.load(path)
+    x = flow.base_like([composition_tokens("SrTiO3")], generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.3])
+    a, b = flow.net(x, t), loaded.net(x, t)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert loaded.size_counts == {5: 64}
+    with pytest.raises(ValueError, match="is not a 'flowmatch.crystal.csp/1' checkpoint"):
+        torch.save({"format": "other"}, path.parent / "other.pt")
+        CrystalFlow.load(path.parent / "other.pt")
+
+
+def test_predict_returns_structures_of_the_asked_composition(trained):
+    flow, _, _ = trained
+    out = flow.predict(["SrTiO3", "BaZrO3"], num_samples=2, steps=10,
+                       generator=torch.Generator().manual_seed(2))
+    assert [len(o) for o in out] == [2, 2]
+    for formula, samples in zip(["SrTiO3", "BaZrO3"], out, strict=True):
+        for s in samples:
+            assert s is not None and s.composition.reduced_formula == formula
+    assert flow.nfe == 10
+
+
+def test_cli_predict_writes_cifs_and_rejects_bad_input(trained, tmp_path, capsys):
+    _, _, path = trained
+    code = main(["crystal", "predict", "SrTiO3", "KMgF3", "-n", "2", "--model", str(path),
+                 "--out", str(tmp_path / "cifs"), "--steps", "5"])
+    assert code == 0
+    files = sorted(p.name for p in (tmp_path / "cifs").iterdir())
+    assert files == ["KMgF3_0.cif", "KMgF3_1.cif", "SrTiO3_0.cif", "SrTiO3_1.cif"]
+    assert Structure.from_file(tmp_path / "cifs" / "SrTiO3_0.cif").composition.reduced_formula \
+        == "SrTiO3"
+    assert "wrote 4 CIF files" in capsys.readouterr().out
+    assert main(["crystal", "predict", "SrTiO3", "Qq3", "--model", str(path), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "'Qq3' has unknown elements" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists(), "nothing written for a bad formula"
+    assert main(["crystal", "predict", "SrTiO3", "--model", str(tmp_path / "none.pt")]) == 2
