@@ -241,3 +241,13 @@ def test_a_new_discrete_path_plugs_in_through_jump_step():
     assert rule.calls == 4  # one jump per step
     assert torch.equal(out["tag"], x0["tag"])
     torch.testing.assert_close(out["pos"], x0["pos"] + 1)
+
+
+def test_flow_mixture_refuses_return_solution():
+    from flowmatch.solvers import FlowMixture
+
+    mixture = FlowMixture([ODESolver(lambda x, t: x), ODESolver(lambda x, t: -x)])
+    with pytest.raises(ValueError, match="return_solution"):
+        mixture.sample(torch.zeros(2, 1), return_solution=True)
+    with pytest.raises(ValueError, match="return_solution"):
+        mixture.log_likelihood(torch.zeros(2, 1), lambda z: z.sum(-1), return_solution=True)

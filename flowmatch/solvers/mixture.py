@@ -87,9 +87,10 @@ class FlowMixture:
         the final points only (no ``return_intermediates``). With ``return_components``, also
         the member index of every sample [B].
         """
-        if kwargs.get("return_intermediates"):
+        if kwargs.get("return_intermediates") or kwargs.get("return_solution"):
             raise ValueError("FlowMixture.sample returns final points only; "
-                             "return_intermediates is not supported")
+                             "return_intermediates and return_solution are not supported (each "
+                             "member's solver.nfe counts its own evaluations)")
         z = self.components(x0.shape[0], generator=generator, device=x0.device)
         out = torch.empty_like(x0)
         for k, solver in enumerate(self.solvers):
@@ -102,6 +103,9 @@ class FlowMixture:
         """log p(x1) = log Σ_k w_k p_k(x1), [B]: every member's ``log_likelihood(x1, *args,
         **kwargs)`` (e.g. ``log_p0`` for an :class:`ODESolver`, the method and tolerances),
         combined by :func:`mixture_log_prob`. There is no single x0, so only log p returns."""
+        if kwargs.get("return_solution"):
+            raise ValueError("FlowMixture.log_likelihood returns log p only; return_solution is "
+                             "not supported (each member's solver.nfe counts its evaluations)")
         log_probs = torch.stack([s.log_likelihood(x1, *args, **kwargs)[1]
                                  for s in self.solvers])
         return mixture_log_prob(log_probs, self.weights)
