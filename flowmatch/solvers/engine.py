@@ -127,7 +127,7 @@ class Solution:
 
 
 def stage_time(t0: Tensor, t1: Tensor, c: float) -> Tensor:
-    """Time of a stage at fraction c of the steps [t0, t1] (element-wise on tensors).
+    """Time of the stage at fraction c of a step [t0, t1] (element-wise on tensors of steps).
 
     The ends are the nodes themselves, the midpoint (t0 + t1)/2; other c: t0 + c (t1 − t0).
     """
