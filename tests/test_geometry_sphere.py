@@ -99,8 +99,8 @@ def test_proju_is_an_orthogonal_projection_off_the_sphere(n, dtype):
         for precision in ("highest", "medium"):
             torch.set_float32_matmul_precision(precision)
             p = s.proju(x, u)
-            if n <= 4:  # short sums: the same additions in the same order
-                assert torch.equal(p, plain)
+            # no bit-equality with the plain formula: which additions a BLAS kernel fuses
+            # depends on the CPU (an AVX-512 Xeon differed from AMD EPYC in the last bit)
             torch.testing.assert_close(p, plain, rtol=0, atol=8 * n * eps)
             assert float(((x * p).sum(-1).abs() / u.norm(dim=-1)).max()) < 4 * n * eps
     finally:
