@@ -85,18 +85,65 @@ def test_predict_returns_structures_of_the_asked_composition(trained):
     assert flow.nfe == 10
 
 
-def test_cli_predict_writes_cifs_and_rejects_bad_input(trained, tmp_path, capsys):
+def test_cli_generate_writes_symmetric_cifs_and_rejects_bad_input(trained, tmp_path, capsys):
     _, _, path = trained
-    code = main(["crystal", "predict", "SrTiO3", "KMgF3", "-n", "2", "--model", str(path),
-                 "--out", str(tmp_path / "cifs"), "--steps", "5"])
+    out = tmp_path / "cifs"
+    code = main(["crystal", "generate", "-c", "SrTiO3", "-c", "KMgF3", "-n", "2", "--model",
+                 str(path), "--out", str(out), "--steps", "5"])
     assert code == 0
-    files = sorted(p.name for p in (tmp_path / "cifs").iterdir())
-    assert files == ["KMgF3_0.cif", "KMgF3_1.cif", "SrTiO3_0.cif", "SrTiO3_1.cif"]
-    assert Structure.from_file(tmp_path / "cifs" / "SrTiO3_0.cif").composition.reduced_formula \
-        == "SrTiO3"
-    assert "wrote 4 CIF files" in capsys.readouterr().out
-    assert main(["crystal", "predict", "SrTiO3", "Qq3", "--model", str(path), "--out",
-                 str(tmp_path / "x")]) == 2
-    assert "'Qq3' has unknown elements" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists(), "nothing written for a bad formula"
-    assert main(["crystal", "predict", "SrTiO3", "--model", str(tmp_path / "none.pt")]) == 2
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["KMgF3_Z1_0.cif", "KMgF3_Z1_1.cif", "SrTiO3_Z1_0.cif", "SrTiO3_Z1_1.cif",
+                     "cells.png"]
+    assert Structure.from_file(out / "SrTiO3_Z1_0.cif").composition.reduced_formula == "SrTiO3"
+    printed = capsys.readouterr().out
+    assert "wrote 4 CIF files" in printed and "5 network calls per structure" in printed
+    # never overwrite without --force
+    assert main(["crystal", "generate", "-c", "SrTiO3", "--model", str(path), "--out",
+                 str(out), "--steps", "5"]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["crystal", "generate", "-c", "SrTiO3", "--model", str(path), "--out",
+                 str(out), "--steps", "5", "--force"]) == 0
+    capsys.readouterr()
+    # bad input: one line, exit 2, nothing written
+    for argv, message in (
+            (["-c", "SrTiO3", "Qq3"], "'Qq3' has unknown elements"),
+            (["-c", "Sr(TiO3"], "cannot parse the formula"),
+            (["-c", "SrTiO3", "--formula-units", "3"], "more than the model was trained for"),
+            (["-c", "NaCl"], "the model knows only cells of [5] atoms")):
+        assert main(["crystal", "generate", *argv, "--model", str(path), "--out",
+                     str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists(), "nothing written for bad input"
+    assert main(["crystal", "generate", "-c", "SrTiO3", "--model", str(tmp_path / "no.pt")]) == 2
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert main(["crystal", "generate", "-c", "SrTiO3", "--model",
+                 str(tmp_path / "junk.pt")]) == 2
+
+
+def test_cli_evaluate_matches_generated_cifs_against_references(tmp_path, capsys):
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    data = perovskites(3, seed=5)
+    from flowmatch.plugins.crystal import batch_to_structures
+
+    structures = batch_to_structures(data.batch(torch.arange(3), dtype=torch.float64))
+    for i, s in enumerate(structures):
+        s.to(filename=str(ref / f"ref_{i}.cif"))
+    perturbed = structures[0].copy()
+    perturbed.perturb(0.02)
+    perturbed.to(filename=str(gen / "a.cif"))
+    out = tmp_path / "m.json"
+    assert main(["crystal", "evaluate", "--generated", str(gen), "--reference", str(ref),
+                 "--only-generated", "--json", str(out)]) == 0
+    import json
+
+    metrics = json.loads(out.read_text())
+    n_same = sum(s.composition.reduced_formula == structures[0].composition.reduced_formula
+                 for s in structures)
+    assert metrics["standard"]["match_rate"] == 1.0 and metrics["standard"]["references"] \
+        == n_same
+    assert "strict" in capsys.readouterr().out
+    assert main(["crystal", "evaluate", "--generated", str(tmp_path / "none"), "--reference",
+                 str(ref)]) == 2

@@ -1,9 +1,11 @@
 """Command-line registration of the crystal plugin (``flowmatch crystal ...``).
 
 Sub-commands:
-    flowmatch crystal predict SrTiO3 KMgF3 [-n 5] [--out DIR]
-        predict structures for compositions with the shipped perov-5 model (or --model) and
-        write one CIF per sample
+    flowmatch crystal generate --composition SrTiO3 [-n 8] [--out DIR]
+        sample structures for compositions with the shipped perov-5 model (or --model); one
+        CIF per structure (with the symmetry pymatgen finds), a summary table, a PNG of the cells
+    flowmatch crystal evaluate --generated DIR --reference test.csv
+        match generated CIFs against reference structures (the community CSP protocol)
     flowmatch crystal train --data train.csv [more.csv] --out model.pt
         train a CSP model on CDVAE-format CSV files
 
@@ -21,10 +23,18 @@ __all__ = ["DEFAULT_MODEL", "default_model_path", "register_cli"]
 
 DEFAULT_MODEL = "perov5_csp.pt"
 
-EXAMPLES_PREDICT = """examples:
-  flowmatch crystal predict SrTiO3
-  flowmatch crystal predict SrTiO3 KMgF3 Ca2Ti2O6 -n 5 --out structures/
-  flowmatch crystal predict BaZrO3 --steps 200 --seed 3 --model my_model.pt
+EXAMPLES_GENERATE = """examples:
+  flowmatch crystal generate --composition SrTiO3
+  flowmatch crystal generate -c SrTiO3 -c KMgF3 -c Ca2Ti2O6 -n 8 --out structures/
+  flowmatch crystal generate -c BaZrO3 --steps 200 --seed 3 --model my_model.pt --force
+"""
+EXAMPLES_EVALUATE = """examples:
+  flowmatch crystal evaluate --generated structures/ --reference perov_5/test.csv
+  flowmatch crystal evaluate --generated structures/ --reference ref/ --json metrics.json
+"""
+EXAMPLES_TRAIN = """examples:
+  flowmatch crystal train --data perov_5/val.csv perov_5/train_dev_1024.csv --out perov.pt
+  flowmatch crystal train --data mp_20/train.csv --out mp20.pt --steps 50000 --hidden 256
 """
 
 
@@ -37,47 +47,75 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     """Add the ``crystal`` command (with its sub-commands) to a CLI's sub-parsers."""
     crystal = subparsers.add_parser(
         "crystal", help="crystal structure prediction",
-        description="Crystal structure prediction by flow matching: predict structures for "
-        "a composition with the shipped perov-5 model (or your own), or train a model on "
-        "CDVAE-format CSV files.")
+        description="Crystal structure prediction by flow matching: generate structures for "
+        "a composition with the shipped perov-5 model (or your own), evaluate them against "
+        "reference structures, or train a model on CDVAE-format CSV files.")
     sub = crystal.add_subparsers(dest="crystal_command", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
 
-    pred = sub.add_parser(
-        "predict", help="predict crystal structures for compositions (writes CIF files)",
+    gen = sub.add_parser(
+        "generate", help="generate crystal structures for compositions (CIF files)",
         description="Sample crystal structures for each composition by integrating a trained "
-        "flow from noise (lattice, fractional coordinates; the atom types are the "
-        "composition) and write them as CIF files. The number of formula units is chosen "
-        "from the model's training atom counts unless --formula-units is given.",
-        epilog=EXAMPLES_PREDICT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    pred.add_argument("formulas", nargs="+", metavar="FORMULA",
-                      help="compositions such as SrTiO3 (reduced or not)")
-    pred.add_argument("-n", "--num-samples", type=_positive_int, default=1,
-                      help="structures per composition (default 1)")
-    pred.add_argument("--out", default="crystals", help="output folder (default ./crystals)")
-    pred.add_argument("--model", default=None,
-                      help=f"a CrystalFlow checkpoint (default: the shipped {DEFAULT_MODEL})")
-    pred.add_argument("--steps", type=_positive_int, default=None,
-                      help="Euler steps (default: the model's chosen value)")
-    pred.add_argument("--formula-units", type=_positive_int, default=None,
-                      help="formula units Z per cell (default: from the training atom counts)")
-    pred.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    pred.add_argument("--threads", type=_positive_int, default=None,
-                      help="torch CPU threads (default: torch's choice)")
-    pred.set_defaults(func=_cmd_predict)
+        "flow from noise (lattice and fractional coordinates; the atom types are the "
+        "composition) and write them as CIF files, with a summary table and a PNG of the "
+        "cells. A reduced formula is tried at every number of formula units Z whose atom count "
+        "the model was trained on, unless --formula-units is given.",
+        epilog=EXAMPLES_GENERATE, formatter_class=raw)
+    gen.add_argument("-c", "--composition", action="append", nargs="+", required=True,
+                     metavar="FORMULA", help="a composition such as SrTiO3 (repeatable)")
+    gen.add_argument("-n", "--num-samples", type=_positive_int, default=1,
+                     help="structures per composition and Z (default 1)")
+    gen.add_argument("--out", default="crystals", help="output folder (default ./crystals)")
+    gen.add_argument("--force", action="store_true", help="overwrite existing files")
+    gen.add_argument("--model", default=None,
+                     help=f"a CrystalFlow checkpoint (default: the shipped {DEFAULT_MODEL})")
+    gen.add_argument("--steps", type=_positive_int, default=None,
+                     help="integration steps (default: the model's, chosen on validation data)")
+    gen.add_argument("--method", choices=("euler", "midpoint", "heun", "rk4"), default="euler",
+                     help="Runge-Kutta scheme (default euler)")
+    gen.add_argument("--anneal-slope", type=_non_negative_float, default=None,
+                     help="coordinate velocity x (1 + slope t) (default: the model's)")
+    gen.add_argument("--formula-units", type=_positive_int, default=None,
+                     help="formula units Z per cell (default: every Z the model knows)")
+    gen.add_argument("--symprec", type=_non_negative_float, default=0.1,
+                     help="symmetry tolerance of the CIFs in Å (0: write P1; default 0.1)")
+    gen.add_argument("--no-png", action="store_true", help="do not draw cells.png")
+    gen.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    gen.add_argument("--threads", type=_positive_int, default=None,
+                     help="torch CPU threads (default: torch's choice)")
+    gen.set_defaults(func=_cmd_generate)
+
+    ev = sub.add_parser(
+        "evaluate", help="match generated CIFs against reference structures",
+        description="Score generated structures with the community CSP protocol: each "
+        "reference crystal is matched against the generated structures of the same reduced "
+        "composition (k = their number) by StructureMatcher, at the standard tolerances "
+        "(stol 0.5, angle 10, ltol 0.3) and the strict ones (stol 0.3, angle 5, ltol 0.2); "
+        "structural and SMACT validity gate every match.",
+        epilog=EXAMPLES_EVALUATE, formatter_class=raw)
+    ev.add_argument("--generated", required=True, help="folder of generated CIF files")
+    ev.add_argument("--reference", required=True,
+                    help="CDVAE-format CSV, a CIF file, or a folder of CIF files")
+    ev.add_argument("--only-generated", action="store_true",
+                    help="score only references whose composition was generated")
+    ev.add_argument("--json", default=None, help="also write the metrics as JSON here")
+    ev.set_defaults(func=_cmd_evaluate)
 
     train = sub.add_parser(
         "train", help="train a CSP model on CDVAE-format CSV files",
         description="Train a crystal structure prediction flow (CrystalVelocityNet, FlowMM "
         "loss weights 400 : 1, AdamW, cosine decay, EMA 0.999) on the crystals of CDVAE-format "
-        "CSV files and save it for `flowmatch crystal predict --model`.")
+        "CSV files and save it for `flowmatch crystal generate --model`.",
+        epilog=EXAMPLES_TRAIN, formatter_class=raw)
     train.add_argument("--data", nargs="+", required=True, help="CDVAE-format CSV files")
     train.add_argument("--out", required=True, help="checkpoint path (written atomically)")
-    train.add_argument("--steps", type=_positive_int, default=20000)
-    train.add_argument("--batch", type=_positive_int, default=256)
-    train.add_argument("--hidden", type=_positive_int, default=192)
-    train.add_argument("--layers", type=_positive_int, default=4)
-    train.add_argument("--lr", type=_positive_float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    train.add_argument("--steps", type=_positive_int, default=12000, help="optimiser steps")
+    train.add_argument("--batch", type=_positive_int, default=256, help="crystals per step")
+    train.add_argument("--hidden", type=_positive_int, default=192, help="network width")
+    train.add_argument("--layers", type=_positive_int, default=4, help="message-passing layers")
+    train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate")
+    train.add_argument("--seed", type=int, default=0, help="initialisation and data seed")
     train.add_argument("--threads", type=_positive_int, default=None)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
@@ -94,17 +132,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str, ok, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
 
 
-def _fail(command: str, err: BaseException, code: int = 1) -> int:
+def _positive_float(text: str) -> float:
+    return _number(text, lambda v: v > 0 and v != float("inf"), "a positive number")
+
+
+def _non_negative_float(text: str) -> float:
+    return _number(text, lambda v: v >= 0 and v != float("inf"), "a number ≥ 0")
+
+
+def _fail(command: str, err: BaseException | str, code: int = 2) -> int:
     print(f"flowmatch crystal {command}: error: {err}", file=sys.stderr)
     return code
 
@@ -113,13 +159,33 @@ def _safe_name(formula: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", formula).strip("_") or "crystal"
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+def _formula_units(formula: str, given: int | None, size_counts: dict[int, int]) -> list[int]:
+    """Every Z to try for ``formula`` (checked: known elements, atom counts the model knows)."""
+    from flowmatch.plugins.crystal.csp import composition_tokens
+
+    n = len(composition_tokens(formula, formula_units=1))
+    largest = max(size_counts) if size_counts else None
+    if given is not None:
+        if largest is not None and given * n > largest:
+            raise ValueError(f"{formula} with {given} formula units has {given * n} atoms, more "
+                             f"than the model was trained for (at most {largest})")
+        return [given]
+    zs = sorted(z for z in range(1, (largest or n) // n + 1) if (z * n) in size_counts)
+    if not zs:
+        known = sorted(size_counts)
+        raise ValueError(f"{formula} has {n} atoms per formula unit, and the model knows only "
+                         f"cells of {known} atoms; give --formula-units to try anyway")
+    return zs
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    formulas = [f for group in args.composition for f in group]
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        return _fail("predict", ValueError(f"--out {str(out)!r} exists and is not a folder"), 2)
+        return _fail("generate", f"--out {str(out)!r} exists and is not a folder")
     model_path = Path(args.model) if args.model else default_model_path()
     if not model_path.is_file():
-        return _fail("predict", FileNotFoundError(f"model {str(model_path)!r} does not exist"), 2)
+        return _fail("generate", f"model {str(model_path)!r} does not exist")
     import torch
 
     from flowmatch.plugins.crystal.csp import CrystalFlow, composition_tokens
@@ -128,43 +194,190 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         flow = CrystalFlow.load(model_path)
-        for f in args.formulas:  # every formula checked before any work
-            composition_tokens(f, formula_units=args.formula_units,
-                               size_counts=flow.size_counts)
+        plan = [(f, z) for f in formulas
+                for z in _formula_units(f, args.formula_units, flow.size_counts)]
     except ValueError as err:
-        return _fail("predict", err, 2)
+        return _fail("generate", err)
+    names = {(f, z, k): out / f"{_safe_name(f)}_Z{z}_{k}.cif"
+             for f, z in plan for k in range(args.num_samples)}
+    existing = [str(p) for p in names.values() if p.exists()]
+    if existing and not args.force:
+        return _fail("generate", f"{len(existing)} output files exist (e.g. {existing[0]}); "
+                     "pass --force to overwrite them")
     steps = args.steps or int(flow.info.get("sample_steps", 100))
-    slope = float(flow.info.get("anneal_slope", 0.0))
-    results = flow.predict(args.formulas, num_samples=args.num_samples,
-                           formula_units=args.formula_units, steps=steps, anneal_slope=slope,
-                           generator=torch.Generator().manual_seed(args.seed))
+    slope = (args.anneal_slope if args.anneal_slope is not None
+             else float(flow.info.get("anneal_slope", 0.0)))
+    tokens = [composition_tokens(f, formula_units=z) for f, z in plan
+              for _ in range(args.num_samples)]
+    from flowmatch.plugins.crystal.representation import batch_to_structures
+
+    batch = flow.sample(tokens, steps=steps, method=args.method, anneal_slope=slope,
+                        generator=torch.Generator().manual_seed(args.seed))
+    structures = batch_to_structures(batch)
     out.mkdir(parents=True, exist_ok=True)
-    written = 0
-    print(f"{'formula':14s} {'sample':>6s} {'cell (a, b, c / Å; α, β, γ / °)':44s} file")
-    for formula, structures in zip(args.formulas, results, strict=True):
-        for k, s in enumerate(structures):
+    rows, written = [], []
+    for i, (f, z) in enumerate(plan):
+        for k in range(args.num_samples):
+            s = structures[i * args.num_samples + k]
+            path = names[(f, z, k)]
             if s is None:
-                print(f"{formula:14s} {k:6d} {'(could not be built)':44s} -")
+                rows.append((f, z, k, "(could not be built)", "-", "-"))
                 continue
-            path = out / f"{_safe_name(formula)}_{k}.cif"
-            s.to(filename=str(path))
-            written += 1
+            group = _write_cif(s, path, args.symprec)
+            written.append(s)
             a, b, c = s.lattice.abc
             al, be, ga = s.lattice.angles
-            cell = f"{a:.3f} {b:.3f} {c:.3f}; {al:.1f} {be:.1f} {ga:.1f}"
-            print(f"{s.composition.reduced_formula:14s} {k:6d} {cell:44s} {path}")
-    print(f"wrote {written} CIF files to {out}/ ({steps} Euler steps, seed {args.seed})")
+            rows.append((f, z, k, f"{a:.3f} {b:.3f} {c:.3f}; {al:.1f} {be:.1f} {ga:.1f}",
+                         group, str(path)))
+    print(f"{'formula':12s} {'Z':>2s} {'#':>3s} {'cell: a b c (Å); α β γ (°)':38s} "
+          f"{'space group':12s} file")
+    for f, z, k, cell, group, path in rows:
+        print(f"{f:12s} {z:2d} {k:3d} {cell:38s} {group:12s} {path}")
+    calls = flow.nfe
+    print(f"wrote {len(written)} CIF files to {out}/ ({steps} {args.method} steps: {calls} "
+          f"network calls per structure, seed {args.seed})")
+    if written and not args.no_png:
+        png = out / "cells.png"
+        if png.exists() and not args.force:
+            print(f"not overwriting {png} (pass --force)")
+        elif _draw_cells(written[:16], png):
+            print(f"drew the cells in {png}")
     return 0 if written else 1
+
+
+def _write_cif(structure, path: Path, symprec: float) -> str:
+    """Write ``structure`` as CIF with the symmetry found at ``symprec`` (P1 if none or 0)."""
+    from pymatgen.io.cif import CifWriter
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    group = "P1"
+    writer = None
+    if symprec > 0:
+        try:
+            group = SpacegroupAnalyzer(structure, symprec=symprec).get_space_group_symbol()
+            writer = CifWriter(structure, symprec=symprec)
+        except Exception:  # noqa: BLE001 - spglib fails on degenerate cells: write P1
+            group, writer = "P1", None
+    (writer or CifWriter(structure)).write_file(str(path))
+    return group
+
+
+def _draw_cells(structures, path: Path) -> bool:
+    """A grid of 3-D views: each cell's edges and its atoms coloured by element."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+    except ImportError:
+        print("matplotlib is not installed: no cells.png (pip install matplotlib)")
+        return False
+    n = len(structures)
+    cols = min(4, n)
+    rows_ = (n + cols - 1) // cols
+    fig = plt.figure(figsize=(3.2 * cols, 3.2 * rows_))
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float)
+    edges = [(a, b) for a in range(8) for b in range(a + 1, 8)
+             if np.abs(corners[a] - corners[b]).sum() == 1]
+    cmap = plt.get_cmap("tab10")
+    for idx, s in enumerate(structures):
+        ax = fig.add_subplot(rows_, cols, idx + 1, projection="3d")
+        m = s.lattice.matrix
+        cart = corners @ m
+        for a, b in edges:
+            ax.plot(*zip(cart[a], cart[b], strict=True), color="0.5", lw=0.8)
+        species = sorted({str(site.specie) for site in s})
+        for j, el in enumerate(species):
+            pts = np.array([site.coords for site in s if str(site.specie) == el])
+            ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=60, color=cmap(j % 10), label=el,
+                       depthshade=False)
+        ax.set_title(s.composition.reduced_formula, fontsize=9)
+        ax.set_axis_off()
+        ax.legend(fontsize=7, loc="upper left", frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def _read_structures(source: str):
+    """Structures of a CDVAE CSV, a CIF file or a folder of CIFs."""
+    from pymatgen.core import Structure
+
+    from flowmatch.plugins.crystal.data import load_cdvae_csv
+    from flowmatch.plugins.crystal.representation import batch_to_structures
+
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(path.glob("*.cif"))
+        return [(f.name, Structure.from_file(f)) for f in files]
+    if path.suffix.lower() == ".csv":
+        import torch
+
+        data = load_cdvae_csv(path)
+        structures = batch_to_structures(data.batch(torch.arange(len(data)), dtype=torch.float64))
+        return list(zip(data.ids, structures, strict=True))
+    return [(path.name, Structure.from_file(path))]
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    for name in ("generated", "reference"):
+        if not Path(getattr(args, name)).exists():
+            return _fail("evaluate", f"--{name} {getattr(args, name)!r} does not exist")
+    if not Path(args.generated).is_dir():
+        return _fail("evaluate", f"--generated {args.generated!r} must be a folder of CIF files")
+    from flowmatch.plugins.crystal.metrics import (
+        STANDARD_TOLERANCES,
+        STRICT_TOLERANCES,
+        csp_metrics,
+    )
+
+    try:
+        generated = _read_structures(args.generated)
+        references = _read_structures(args.reference)
+    except Exception as err:  # noqa: BLE001 - pymatgen raises many types on bad files
+        return _fail("evaluate", f"cannot read the structures: {err}")
+    if not generated:
+        return _fail("evaluate", f"no CIF files in {args.generated!r}")
+    by_formula: dict[str, list] = {}
+    for _, s in generated:
+        by_formula.setdefault(s.composition.reduced_formula, []).append(s)
+    refs = [(name, s) for name, s in references if s is not None]
+    if args.only_generated:
+        refs = [(n, s) for n, s in refs if s.composition.reduced_formula in by_formula]
+    if not refs:
+        return _fail("evaluate", "no reference structure to score")
+    samples = [by_formula.get(s.composition.reduced_formula, []) for _, s in refs]
+    targets = [s for _, s in refs]
+    results = {name: csp_metrics(samples, targets, tolerances=tol)
+               for name, tol in (("standard", STANDARD_TOLERANCES),
+                                 ("strict", STRICT_TOLERANCES))}
+    k = max(len(s) for s in samples)
+    print(f"{len(refs)} reference crystals, {len(generated)} generated structures "
+          f"(up to k = {k} per composition)")
+    print(f"{'tolerances':12s} {'match %':>8s} {'RMSE':>8s} {'valid %':>8s}")
+    for name, r in results.items():
+        print(f"{name:12s} {100 * r.match_rate:8.2f} {r.rmse:8.4f} {100 * r.valid_fraction:8.1f}")
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(
+            {name: {"match_rate": r.match_rate, "rmse": r.rmse,
+                    "valid_fraction": r.valid_fraction, "references": len(refs)}
+             for name, r in results.items()}, indent=2))
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if not out.parent.exists() if str(out.parent) else False:
-        return _fail("train", FileNotFoundError(f"the folder of --out {str(out)!r} does not "
-                                                "exist"), 2)
+    if out.parent != Path("") and not out.parent.exists():
+        return _fail("train", f"the folder of --out {str(out)!r} does not exist")
+    if out.exists() and not args.force:
+        return _fail("train", f"--out {str(out)!r} exists; pass --force to overwrite it")
     missing = [d for d in args.data if not Path(d).is_file()]
     if missing:
-        return _fail("train", FileNotFoundError(f"data files not found: {missing}"), 2)
+        return _fail("train", f"data files not found: {missing}")
     import torch
 
     from flowmatch.plugins.crystal.csp import CrystalFlow
@@ -173,14 +386,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        parts = [load_cdvae_csv(d, progress=not args.quiet) for d in args.data]
+        data = CrystalSet.concat([load_cdvae_csv(d, progress=not args.quiet)
+                                  for d in args.data])
     except ValueError as err:
-        return _fail("train", err, 2)
-    data = CrystalSet.concat(parts)
+        return _fail("train", err)
     torch.manual_seed(args.seed)
     flow = CrystalFlow.for_data(data, hidden=args.hidden, layers=args.layers)
     flow.train(data, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
-               progress=not args.quiet)
+               progress=not args.quiet and sys.stderr.isatty())
     flow.save(out)
     print(f"trained on {len(data)} crystals for {args.steps} steps; wrote {out}")
     return 0
