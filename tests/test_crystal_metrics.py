@@ -76,3 +76,20 @@ def test_template_baseline_relabels_a_training_crystal_of_the_same_pattern():
     assert rand.composition == bazro3.composition
     per_atom = (srtio3(4.1).volume / 5 + 5.6**3 / 2) / 2
     assert rand.volume == pytest.approx(5 * per_atom, rel=1e-9)
+
+
+def test_parallel_matching_and_timeouts_give_the_same_answer():
+    target = srtio3()
+    samples = []
+    for seed in range(6):
+        s = srtio3()
+        s.perturb(0.03 * (seed + 1))
+        samples.append([s])
+    serial = csp_metrics(samples, [target] * 6)
+    parallel = csp_metrics(samples, [target] * 6, jobs=2)
+    assert serial.rms == parallel.rms
+    # a comparison cut short counts as unmatched
+    assert match_rms(samples[0][0], target, timeout=1e-6) is None
+    assert match_rms(samples[0][0], target, timeout=30) is not None
+    with pytest.raises(ValueError, match="jobs must be a positive integer"):
+        csp_metrics(samples, [target] * 6, jobs=0)

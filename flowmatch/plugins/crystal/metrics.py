@@ -79,19 +79,52 @@ def compositional_validity(composition: Composition | str) -> bool:
     return False
 
 
-def match_rms(pred: Structure | None, target: Structure, *, tolerances: dict | None = None
-              ) -> float | None:
-    """RMS distance of ``pred`` to ``target`` under the matcher, or None when unmatched."""
+class _Timeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Timeout
+
+
+def match_rms(pred: Structure | None, target: Structure, *, tolerances: dict | None = None,
+              timeout: float | None = None) -> float | None:
+    """RMS distance of ``pred`` to ``target`` under the matcher, or None when unmatched.
+
+    ``timeout`` (seconds) bounds one comparison: StructureMatcher can hang on degenerate cells,
+    and a pair that takes longer counts as unmatched. It uses SIGALRM, so it applies in the
+    main thread of a process (worker processes included) on Unix, and is ignored elsewhere.
+    """
+    import signal
+    import threading
+
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
     if pred is None:
         return None
     matcher = StructureMatcher(**(tolerances or STANDARD_TOLERANCES))
+    use_alarm = (timeout is not None and hasattr(signal, "setitimer")
+                 and threading.current_thread() is threading.main_thread())
+    if use_alarm:
+        previous = signal.signal(signal.SIGALRM, _on_alarm)
     try:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
         rms = matcher.get_rms_dist(pred, target)
+    except _Timeout:
+        return None
     except Exception:  # noqa: BLE001 - the matcher fails on degenerate cells: unmatched
         return None
+    finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
     return None if rms is None else float(rms[0])
+
+
+def _match_task(args: tuple) -> float | None:
+    pred, target, tolerances, timeout = args
+    return match_rms(pred, target, tolerances=tolerances, timeout=timeout)
 
 
 @dataclass
@@ -106,31 +139,54 @@ class CSPResult:
 
 
 def csp_metrics(predictions: Sequence[Sequence[Structure | None]],
-                targets: Sequence[Structure], *, tolerances: dict | None = None) -> CSPResult:
+                targets: Sequence[Structure], *, tolerances: dict | None = None,
+                jobs: int = 1, timeout: float | None = 60.0) -> CSPResult:
     """Match rate and RMSE of k samples per test crystal (k = 1 or k = 20 in the papers).
 
     ``predictions[i]`` holds the k samples for ``targets[i]``; the crystal's rms is the minimum
     over its valid samples that match. A sample or target that is not valid (structurally and
-    compositionally) never matches.
+    compositionally) never matches. ``jobs`` > 1 runs the comparisons in that many processes;
+    ``timeout`` bounds each comparison (seconds; None: no bound).
     """
     if len(predictions) != len(targets):
         raise ValueError(f"predictions ({len(predictions)}) and targets ({len(targets)}) must "
                          "have one entry per test crystal")
-    rms: list[float | None] = []
-    valid = total = 0
-    for samples, target in zip(predictions, targets, strict=True):
-        target_ok = structural_validity(target) and compositional_validity(target.composition)
-        best = None
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    comp_ok: dict = {}
+
+    def valid(s: Structure | None) -> bool:
+        if not structural_validity(s):
+            return False
+        key = s.composition.reduced_formula
+        if key not in comp_ok:
+            comp_ok[key] = compositional_validity(s.composition)
+        return comp_ok[key]
+
+    tasks, owners = [], []
+    valid_count = total = 0
+    for i, (samples, target) in enumerate(zip(predictions, targets, strict=True)):
+        target_ok = valid(target)
         for s in samples:
             total += 1
-            ok = structural_validity(s) and compositional_validity(s.composition)
-            valid += ok
+            ok = valid(s)
+            valid_count += ok
             if ok and target_ok:
-                r = match_rms(s, target, tolerances=tolerances)
-                if r is not None and (best is None or r < best):
-                    best = r
-        rms.append(best)
+                tasks.append((s, target, tolerances, timeout))
+                owners.append(i)
+    if jobs > 1 and len(tasks) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
+            results = list(pool.map(_match_task, tasks, chunksize=max(1, len(tasks) // (8 * jobs))))
+    else:
+        results = [_match_task(t) for t in tasks]
+    rms: list[float | None] = [None] * len(targets)
+    for i, r in zip(owners, results, strict=True):
+        if r is not None and (rms[i] is None or r < rms[i]):
+            rms[i] = r
     matched = [r for r in rms if r is not None]
     return CSPResult(match_rate=len(matched) / max(len(targets), 1),
                      rmse=float(np.mean(matched)) if matched else math.nan,
-                     valid_fraction=valid / max(total, 1), rms=rms)
+                     valid_fraction=valid_count / max(total, 1), rms=rms)
