@@ -13,6 +13,7 @@ warning and skipped.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -88,8 +89,21 @@ def _run_demo(args: argparse.Namespace) -> int:
     from flowmatch.solvers import ODESolver
     from flowmatch.training import fit
 
+    # check what can fail before spending the training time
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        print(f"flowmatch demo: error: the folder of --out {args.out!r} does not exist",
+              file=sys.stderr)
+        return 2
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"flowmatch demo: error: --device {args.device!r} is not usable here: {first}",
+              file=sys.stderr)
+        return 2
     started = time.perf_counter()
-    device = torch.device(args.device)
     data = get_toy_dataset(args.dataset)
     torch.manual_seed(args.seed)  # the network's initialisation
     model = MLP(2, hidden=args.hidden, layers=args.layers).to(device)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from importlib.metadata import EntryPoint
 
 import pytest
@@ -129,3 +130,22 @@ def test_plugins_add_commands_and_a_broken_plugin_only_warns(tmp_path, monkeypat
     with pytest.raises(SystemExit):
         cli.main(["demo", "--help"])
     assert calls == []
+
+
+def test_demo_checks_its_output_folder_and_device_before_training(tmp_path, capsys):
+    # both used to fail only after training (a lost run) or with a bare AssertionError
+    started = time.perf_counter()
+    assert cli.main(["demo", "--out", str(tmp_path / "missing" / "x.png")]) == 2
+    assert "the folder of --out" in capsys.readouterr().err
+    assert cli.main(["demo", "--device", "banana", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--device 'banana' is not usable here" in err and err.count("\n") == 1
+    assert time.perf_counter() - started < 30, "rejected before any training"
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_video_schedule_rejects_bad_numbers_in_one_line(capsys):
+    for argv in (["--steps", "0"], ["--shift", "0"]):
+        assert cli.main(["video", "schedule", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("flowmatch video schedule: error:") and err.count("\n") == 1

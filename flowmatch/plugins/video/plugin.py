@@ -159,7 +159,10 @@ def _fail(command: str, err: BaseException, code: int = 1) -> int:
 def _cmd_schedule(args: argparse.Namespace) -> int:
     from flowmatch.plugins.video.timesteps import diffusers_double_shift_sigmas, flow_sigmas
 
-    sig = flow_sigmas(args.steps, shift=args.shift, mu=args.mu, terminal=args.terminal)
+    try:
+        sig = flow_sigmas(args.steps, shift=args.shift, mu=args.mu, terminal=args.terminal)
+    except ValueError as err:
+        return _fail("schedule", err, 2)
     other = None
     if args.compare_diffusers:
         if args.mu is not None or args.terminal is not None:
