@@ -480,3 +480,13 @@ def test_fit_raises_on_a_diverging_loss():
     with pytest.raises(FloatingPointError, match="non-finite at step"):
         fit(MLP(2, 16, 2), data.sample, CondOTPath(), steps=20, batch_size=16, lr=1e12,
             lr_schedule="constant", progress=False, log_every=5)
+
+
+def test_a_sampler_without_the_generator_argument_gets_a_clear_error():
+    from flowmatch.paths import CondOTPath
+    from flowmatch.training import fit
+
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(TypeError, match=r"sample_data must accept \(n, generator\)"):
+        fit(model, lambda n: torch.randn(n, 2), CondOTPath(), steps=1, batch_size=4,
+            progress=False)

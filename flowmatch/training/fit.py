@@ -213,6 +213,27 @@ def _move(x1: Batch, device: torch.device, dtype: torch.dtype, *, cast: bool) ->
             for k, v in x1.items()}
 
 
+def _check_sampler_signature(sample_data: Callable[..., Any]) -> None:
+    """Raise unless ``sample_data`` can be called as ``sample_data(n, generator)``.
+
+    A one-argument sampler used to fail deep in the loop with Python's own "takes 1 positional
+    argument"; the generator argument is what makes a run reproducible, so it is required.
+    """
+    import inspect
+
+    try:
+        sig = inspect.signature(sample_data)
+    except (TypeError, ValueError):  # builtins and C callables: nothing to check
+        return
+    try:
+        sig.bind(0, None)
+    except TypeError:
+        raise TypeError(
+            f"sample_data must accept (n, generator) — the batch size and the torch.Generator "
+            f"fit seeds — but its signature is {sig}; e.g. lambda n, generator: "
+            f"data[torch.randint(len(data), (n,), generator=generator)]") from None
+
+
 def fit(
     model: nn.Module,
     sample_data: Callable[[int, torch.Generator], Any],
@@ -332,6 +353,7 @@ def fit(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(sample_data):
         raise TypeError(f"sample_data must be callable, got {type(sample_data).__name__}")
+    _check_sampler_signature(sample_data)
     if not callable(getattr(path, "sample", None)):
         raise TypeError("path must be a ProbPath or a ProductPath (anything with "
                         f"sample(x0, x1, t)), got {type(path).__name__}")
