@@ -347,3 +347,13 @@ def test_adaptive_methods_reach_their_tolerance(method: str) -> None:
     tol = 1e-6 if method == "fehlberg2" else 5e-8
     for k, t in enumerate(grid):
         torch.testing.assert_close(out[k], x0 * math.exp(-t * t / 2), atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["midpoint", "rk4", "dopri5"])
+def test_a_diverging_field_raises_instead_of_returning_inf(method):
+    # dx/dt = x^3 from x0 = 10 blows up at t = 1/200: fixed steps overflow to inf, dopri5's step
+    # control underflows; both used to pass through silently or as a bare AssertionError
+    x0 = torch.full((4, 2), 10.0)
+    with pytest.raises(FloatingPointError, match="not finite|underflowed"):
+        ODESolver(lambda x, t: x.pow(3)).sample(x0, method=method, **(
+            {} if method == "dopri5" else {"num_steps": 20}))

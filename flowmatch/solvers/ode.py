@@ -231,9 +231,24 @@ class ODESolver:
                 try:
                     sol = solve_adaptive(rhs, x0, grid, method=method, atol=atol, rtol=rtol,
                                          options=torchdiffeq_options(options, method, grid))
+                except AssertionError as err:
+                    # torchdiffeq's step control asserts when the step shrinks to nothing,
+                    # which is what a diverging field does to it
+                    if "underflow in dt" not in str(err):
+                        raise
+                    raise FloatingPointError(
+                        f"{method} could not integrate the field: its step size underflowed "
+                        f"after {rhs.nfe} evaluations (the field is probably not finite or "
+                        "diverges); check the model, or try a fixed-step method") from None
                 finally:
                     self.nfe = rhs.nfe
                 out = sol.state if return_intermediates else sol.state[-1]
+        if validation_enabled() and not bool(torch.isfinite(out).all()):
+            # one check per call, not per step: a diverging field must not hand back inf
+            raise FloatingPointError(
+                f"the {method} solution is not finite ({int((~torch.isfinite(out)).sum())} "
+                f"entries NaN or inf after {self.nfe} field evaluations): the field diverged "
+                "or returned non-finite values; check the model or use smaller steps")
         if return_solution:
             return Solution(out, sol.nfe, sol.num_steps, sol.times)
         return out
