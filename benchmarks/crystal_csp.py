@@ -29,6 +29,7 @@ not a result.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="sampler step counts tried on the held-out slice")
     ap.add_argument("--anneal-slopes", type=float, nargs="+", default=[0.0, 2.0, 5.0],
                     help="coordinate anti-annealing slopes tried on the held-out slice")
+    ap.add_argument("--time-powers", type=float, nargs="+", default=[1.0, 2.0],
+                    help="sampling grids t = 1 - (1 - u)^P tried on the held-out slice")
     ap.add_argument("--select-on", type=int, default=300,
                     help="held-out crystals used to choose steps and slope")
     ap.add_argument("--k20-limit", type=int, default=300,
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.steps, args.limit = min(args.steps, 300), min(args.limit or 100, 100)
         args.sample_steps, args.anneal_slopes, args.select_on = [20], [0.0], 50
+        args.time_powers = [1.0]
         args.k20_limit = min(args.k20_limit, 10)
     set_threads(args.threads)
 
@@ -119,10 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     from flowmatch.plugins.crystal.metrics import STRICT_TOLERANCES
 
-    def sample(data: CrystalSet, steps: int, slope: float, seed: int, k: int = 1):
+    def sample(data: CrystalSet, choice: tuple, seed: int, k: int = 1):
         """k samples per crystal of ``data``: (list of k structures per crystal, targets)."""
+        steps, slope, power = choice
         x1 = data.batch(torch.arange(len(data)).repeat_interleave(k))
-        out = flow.sample(x1, steps=steps, anneal_slope=slope,
+        out = flow.sample(x1, steps=steps, anneal_slope=slope, time_power=power,
                           generator=torch.Generator().manual_seed(seed))
         preds = batch_to_structures(out)
         targets = batch_to_structures(data.batch(torch.arange(len(data)), dtype=torch.float64))
@@ -135,27 +140,29 @@ def main(argv: list[str] | None = None) -> dict:
     # choose the sampler on the held-out slice (never on the test set)
     sel = held.subset(torch.arange(min(args.select_on, len(held))))
     choices = {}
-    for steps in args.sample_steps:
-        for slope in args.anneal_slopes:
-            loose, strict = both(*sample(sel, steps, slope, args.seed + 1))
-            choices[(steps, slope)] = (strict.match_rate, loose.match_rate)
-            print(f"held-out: {steps:4d} steps, slope {slope:g}: match {100 * loose.match_rate:.1f}"
-                  f" % (strict {100 * strict.match_rate:.1f} %)", flush=True)
-    best_steps, best_slope = max(choices, key=lambda k: (choices[k], -k[0]))
+    for choice in itertools.product(args.sample_steps, args.anneal_slopes, args.time_powers):
+        loose, strict = both(*sample(sel, choice, args.seed + 1))
+        choices[choice] = (strict.match_rate, loose.match_rate)
+        print(f"held-out: {choice[0]:4d} steps, slope {choice[1]:g}, time power {choice[2]:g}: "
+              f"match {100 * loose.match_rate:.1f} % (strict {100 * strict.match_rate:.1f} %)",
+              flush=True)
+    best = max(choices, key=lambda k: (choices[k], -k[0]))
+    best_steps, best_slope, best_power = best
     if args.save_model:
         # the sampler chosen on the held-out slice becomes the model's default
-        flow.info.update({"sample_steps": best_steps, "anneal_slope": best_slope})
+        flow.info.update({"sample_steps": best_steps, "anneal_slope": best_slope,
+                          "time_power": best_power})
         flow.save(args.save_model)
 
     t0 = time.perf_counter()
-    preds, targets = sample(test, best_steps, best_slope, args.seed + 2)
+    preds, targets = sample(test, best, args.seed + 2)
     sample_s = time.perf_counter() - t0
     calls = flow.nfe
     results = {"flowmatch": both(preds, targets)}
     k20 = None
     if args.k20_limit:
         sub = test.subset(torch.arange(min(args.k20_limit, len(test))))
-        k20 = both(*sample(sub, best_steps, best_slope, args.seed + 3, k=20))
+        k20 = both(*sample(sub, best, args.seed + 3, k=20))
     train_structs = [s for s in batch_to_structures(train.batch(torch.arange(len(train))))
                      if s is not None]
     comps = [t.composition for t in targets]
@@ -188,16 +195,17 @@ def main(argv: list[str] | None = None) -> dict:
               "steps": args.steps, "batch": args.batch, "hidden": args.hidden,
               "layers": args.layers, "num_freqs": args.num_freqs, "lr": args.lr,
               "model": args.model, "sample_steps": best_steps, "anneal_slope": best_slope,
-              "held_out_choices": {f"{k[0]} steps, slope {k[1]:g}": {"strict": v[0],
-                                                                      "standard": v[1]}
+              "time_power": best_power,
+              "held_out_choices": {f"{k[0]} steps, slope {k[1]:g}, time power {k[2]:g}":
+                                   {"strict": v[0], "standard": v[1]}
                                    for k, v in choices.items()},
               "train_seconds": train_s, "sample_seconds": round(sample_s, 1),
               "k20_test_crystals": min(args.k20_limit, n) if args.k20_limit else 0,
               "threads": args.threads, "jobs": args.jobs, "load_average": load_average(),
               "quick": args.quick, "wall_seconds": round(time.perf_counter() - started, 1)}
     print(f"\nperov-5 CSP, {n} test crystals (sampler: {best_steps} Euler steps = {calls} "
-          f"network calls per structure, anti-annealing slope {best_slope:g}, chosen on the "
-          "held-out slice)")
+          f"network calls per structure, anti-annealing slope {best_slope:g}, time power "
+          f"{best_power:g}, chosen on the held-out slice)")
     print(f"{'system':42s} {'k':>3s} {'match %':>8s} {'RMSE':>8s} {'strict %':>9s} "
           f"{'RMSE':>8s} {'valid %':>8s}")
     table: dict[tuple, dict[str, float]] = {}

@@ -93,3 +93,18 @@ def test_parallel_matching_and_timeouts_give_the_same_answer():
     assert match_rms(samples[0][0], target, timeout=30) is not None
     with pytest.raises(ValueError, match="jobs must be a positive integer"):
         csp_metrics(samples, [target] * 6, jobs=0)
+
+
+def test_absurd_cells_are_invalid_not_a_crash():
+    # a generated cell with lengths of 1e30 Å overflowed pymatgen's LLL reduction
+    huge = Structure(Lattice.from_parameters(1e30, 2.0, 3.0, 60.5, 119.0, 70.0), ["Na", "Cl"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert structural_validity(huge) is False
+
+
+def test_hopeless_cells_are_unmatched_without_running_the_matcher():
+    target = srtio3()
+    needle = Structure(Lattice.from_parameters(400.0, 3.9, 3.9, 90, 90, 90),
+                       ["Sr", "Ti", "O", "O", "O"], target.frac_coords)
+    assert match_rms(needle, target) is None
+    assert match_rms(srtio3(4.0), target) is not None

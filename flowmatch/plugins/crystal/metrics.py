@@ -39,10 +39,14 @@ def structural_validity(structure: Structure | None, *, cutoff: float = 0.5,
     if structure is None or not math.isfinite(structure.volume) or \
             structure.volume < min_volume:
         return False
-    if len(structure) == 1:
-        # a lone atom only meets its own periodic images: the shortest lattice vector
-        return float(min(structure.lattice.abc)) >= cutoff
-    d = np.asarray(structure.distance_matrix)
+    try:
+        if len(structure) == 1:
+            # a lone atom only meets its own periodic images: the shortest lattice vector
+            return float(min(structure.lattice.abc)) >= cutoff
+        d = np.asarray(structure.distance_matrix)
+    except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+        # pymatgen's LLL reduction overflows on absurd generated cells: not a valid crystal
+        return False
     d = d + np.diag(np.full(len(structure), np.inf))
     return bool(d.min() >= cutoff)
 
@@ -79,6 +83,25 @@ def compositional_validity(composition: Composition | str) -> bool:
     return False
 
 
+def _aspect(structure: Structure) -> float:
+    lengths = structure.lattice.abc
+    return max(lengths) / min(lengths)
+
+
+def _hopeless(pred: Structure, target: Structure) -> bool:
+    """True for a predicted cell that no tolerance of the protocol can match: an aspect ratio
+    (longest / shortest cell vector) ten times the target's, or larger than 1e3, or a volume per
+    atom beyond 1e4 Å³. Such cells come from diverged samples, and StructureMatcher's lattice
+    search on them can exhaust memory; ltol ≤ 0.3 bounds how far matching lengths may differ."""
+    try:
+        ratio, reference = _aspect(pred), _aspect(target)
+        per_atom = pred.volume / max(len(pred), 1)
+    except (ArithmeticError, ValueError):
+        return True
+    return not (math.isfinite(ratio) and ratio < 1e3 and ratio < 10 * reference
+                and reference < 10 * ratio and per_atom < 1e4)
+
+
 class _Timeout(Exception):
     pass
 
@@ -100,7 +123,7 @@ def match_rms(pred: Structure | None, target: Structure, *, tolerances: dict | N
 
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    if pred is None:
+    if pred is None or _hopeless(pred, target):
         return None
     matcher = StructureMatcher(**(tolerances or STANDARD_TOLERANCES))
     use_alarm = (timeout is not None and hasattr(signal, "setitimer")

@@ -212,6 +212,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from flowmatch.plugins.crystal.representation import batch_to_structures
 
     batch = flow.sample(tokens, steps=steps, method=args.method, anneal_slope=slope,
+                        time_power=float(flow.info.get("time_power", 1.0)),
                         generator=torch.Generator().manual_seed(args.seed))
     structures = batch_to_structures(batch)
     out.mkdir(parents=True, exist_ok=True)
