@@ -192,6 +192,11 @@ def comparison_examples():
 def test_comparison_example_runs_where_the_peer_is_installed(code, capsys):
     for package in sorted(_imported_packages(code) - {"flowmatch", "torch", "math"}):
         pytest.importorskip(package)
-    run_example(code)
+    try:
+        run_example(code)
+    except ModuleNotFoundError as err:  # what the peer imports in turn (torchcfm needs POT)
+        if (err.name or "").split(".")[0] in ("flowmatch", "torch"):
+            raise
+        pytest.skip(f"the peer library needs {err.name}, which is not installed")
     out = capsys.readouterr().out
     assert out.strip() and "False" not in out, out
