@@ -192,8 +192,11 @@ def main(argv: list[str] | None = None) -> dict:
     config = {"dataset": "perov_5", "train": "val.csv + train_dev_1024.csv minus held-out "
               f"{args.holdout:g} ({len(train)} crystals; the published models used the full "
               "11,356-crystal train split)", "test": f"test.csv, first {n} crystals",
-              "steps": args.steps, "batch": args.batch, "hidden": args.hidden,
-              "layers": args.layers, "num_freqs": args.num_freqs, "lr": args.lr,
+              # a loaded model reports its own training settings, not the flags' defaults
+              "steps": flow.info.get("steps", args.steps),
+              "batch": flow.info.get("batch_size", args.batch), "hidden": flow.net.hidden,
+              "layers": len(flow.net.layers), "num_freqs": int(flow.net.freqs.shape[0]),
+              "lr": flow.info.get("lr", args.lr),
               "model": args.model, "sample_steps": best_steps, "anneal_slope": best_slope,
               "time_power": best_power,
               "held_out_choices": {f"{k[0]} steps, slope {k[1]:g}, time power {k[2]:g}":
