@@ -490,3 +490,20 @@ def test_a_sampler_without_the_generator_argument_gets_a_clear_error():
     with pytest.raises(TypeError, match=r"sample_data must accept \(n, generator\)"):
         fit(model, lambda n: torch.randn(n, 2), CondOTPath(), steps=1, batch_size=4,
             progress=False)
+
+
+def test_a_corrupt_checkpoint_gets_one_line_of_our_own(tmp_path):
+    from flowmatch.training import load_checkpoint
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(7, 47)))
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(junk)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {str(junk)!r} could not be read")
+    assert "\n" not in message and "weights_only=False" not in message
+    truncated = tmp_path / "cut.pt"
+    torch.save({"w": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(ValueError, match="could not be read"):
+        load_checkpoint(truncated)

@@ -72,10 +72,20 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        # one line of our own: torch's message runs over many lines and advises retrying with
+        # weights_only=False, which would execute whatever the file holds
+        text = str(err)
+        if "WeightsUnpickler error:" in text:
+            text = text.split("WeightsUnpickler error:", 1)[1]
+        elif "Weights only load failed" in text:
+            text = "not a weights-only checkpoint"
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        first = lines[0][:160] if lines else ""
         raise ValueError(
-            f"checkpoint {str(path)!r} could not be read (corrupt, truncated, or holding "
-            f"objects a weights-only load refuses): {type(err).__name__}: {err}"
-        ) from err
+            f"checkpoint {str(path)!r} could not be read (corrupt, truncated, not a flowmatch "
+            f"checkpoint, or holding objects a weights-only load refuses): "
+            f"{type(err).__name__}: {first}"
+        ) from None
     if not isinstance(state, dict):
         raise ValueError(
             f"checkpoint {str(path)!r} must hold a dict, got {type(state).__name__}"
