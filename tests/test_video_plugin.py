@@ -28,10 +28,10 @@ def test_schedule_command_prints_the_single_shift_schedule(capsys):
     assert float(last[4]) == pytest.approx(0.008929, abs=1e-6)
 
 
-def test_schedule_rejects_bad_shift():
+def test_schedule_rejects_bad_shift(capsys):
     args = _parser().parse_args(["video", "schedule", "--shift", "0"])
-    with pytest.raises(ValueError, match="shift must be a finite number > 0"):
-        args.func(args)
+    assert args.func(args) == 2  # one line on stderr, not a traceback
+    assert "shift must be a finite number > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # --shift and --mu are exclusive
         _parser().parse_args(["video", "schedule", "--shift", "2", "--mu", "1"])
 
