@@ -166,3 +166,56 @@ def test_the_shipped_model_generates_plausible_perovskites(tmp_path, capsys):
     assert main(["crystal", "generate", "-c", "SrTiO3", "--out", str(tmp_path / "c"),
                  "--no-png"]) == 0
     assert (tmp_path / "c" / "SrTiO3_Z1_0.cif").is_file()
+
+
+def test_de_novo_generation_flows_types_jointly_and_respects_a_chemical_system(tmp_path):
+    torch.manual_seed(1)
+    data = perovskites(64, seed=3)
+    flow = CrystalFlow.for_data(data, task="de_novo", hidden=32, layers=2, num_freqs=4)
+    result = flow.train(data, steps=200, batch_size=32, lr=3e-3, progress=False)
+    assert sum(result.losses[-20:]) < 0.7 * sum(result.losses[:20])
+    gen = torch.Generator().manual_seed(4)
+    out = flow.sample_de_novo(16, steps=10, generator=gen)
+    assert out.num_samples == 16 and out.segments.counts().tolist() == [5] * 16
+    types = out["types"]
+    assert int(types.max()) < 100, "every mask token is resolved at t = 1"
+    # the data's types are Sr, Ba, Ca, K, Ti, Zr, Nb, Mg and O (3 of every 5 atoms): the
+    # trained type flow puts most atoms on those, where a uniform draw would put 9 %
+    seen = {38, 56, 20, 19, 22, 40, 41, 12, 8}
+    on_data = sum(int(z) + 1 in seen for z in types.tolist()) / len(types)
+    assert on_data > 0.5, on_data
+    restricted = flow.sample_de_novo(8, steps=10, elements=["Ba", "Ti", "O"], generator=gen)
+    assert set((restricted["types"] + 1).tolist()) <= {56, 22, 8}
+    # a de novo checkpoint round-trips with its task
+    flow.save(tmp_path / "dng.pt")
+    assert CrystalFlow.load(tmp_path / "dng.pt").task == "de_novo"
+    with pytest.raises(ValueError, match="unknown"):
+        flow.sample_de_novo(2, elements=["Xx"])
+
+
+def test_cli_de_novo_generation_and_its_errors(tmp_path, capsys, trained):
+    torch.manual_seed(2)
+    data = perovskites(32, seed=6)
+    flow = CrystalFlow.for_data(data, task="de_novo", hidden=16, layers=1, num_freqs=4)
+    flow.train(data, steps=30, batch_size=16, progress=False)
+    model = tmp_path / "dng.pt"
+    flow.save(model)
+    out = tmp_path / "new"
+    assert main(["crystal", "generate", "--de-novo", "-n", "3", "--model", str(model),
+                 "--out", str(out), "--steps", "4", "--elements", "Sr,Ti,O", "--no-png"]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["denovo_0.cif", "denovo_1.cif", "denovo_2.cif"]
+    for name in files:
+        elements = {str(el) for el in Structure.from_file(out / name).composition.elements}
+        assert elements <= {"Sr", "Ti", "O"}
+    capsys.readouterr()
+    _, _, csp_model = trained
+    for argv, message in (
+            (["--de-novo", "--model", str(csp_model)], "needs a model trained with"),
+            (["-c", "SrTiO3", "--model", str(model)], "is a de novo model"),
+            (["--model", str(model)], "give --composition FORMULA"),
+            (["--de-novo", "--model", str(model), "--elements", "Sr,Qq"], "unknown ['Qq']"),
+            (["-c", "SrTiO3", "--elements", "O", "--model", str(csp_model)], "applies to")):
+        assert main(["crystal", "generate", *argv, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -1,4 +1,4 @@
-"""Crystal structure prediction (CSP): a flow from noise to structures of a given composition.
+"""Crystal flows: structure prediction (CSP) for a given composition, and de novo generation.
 
 :class:`CrystalFlow` bundles what a trained model needs — the product geometry (lattice with a
 base fitted to the training lattices, fractional coordinates, fixed atom types), the path
@@ -6,6 +6,11 @@ base fitted to the training lattices, fractional coordinates, fixed atom types),
 network — and offers ``train`` (through :func:`flowmatch.training.fit`), ``sample`` (through
 :class:`flowmatch.solvers.ProductSolver`), ``predict`` (formulas → pymatgen structures) and
 weights-only ``save``/``load``.
+
+De novo (``task="de_novo"``): the atom types flow too — from all-mask tokens, by the core's
+discrete mixture path inside the same ProductPath, jointly with lattice and coordinates — and
+``sample_de_novo`` draws atom counts from the training distribution; ``elements`` restricts a
+sample to a chemical system by masking the type posterior.
 
 Compositions. A formula such as ``"SrTiO3"`` fixes the elements' ratios, not the number of
 formula units Z in the cell. Unless ``formula_units`` is given, Z is chosen so that the atom
@@ -24,7 +29,13 @@ import torch
 from torch import Tensor
 
 from flowmatch.geometry import Euclidean, FlatTorus, ProductPoint, Segments
-from flowmatch.paths import CondOTPath, GeodesicPath, ProductPath
+from flowmatch.paths import (
+    CondOTPath,
+    CondOTScheduler,
+    GeodesicPath,
+    MixtureDiscretePath,
+    ProductPath,
+)
 from flowmatch.plugins.crystal.data import CrystalSet
 from flowmatch.plugins.crystal.model import CrystalVelocityNet
 from flowmatch.plugins.crystal.representation import (
@@ -34,7 +45,8 @@ from flowmatch.plugins.crystal.representation import (
     crystal_product,
 )
 
-__all__ = ["CHECKPOINT_FORMAT", "AnnealedCoordinates", "CrystalFlow", "composition_tokens"]
+__all__ = ["CHECKPOINT_FORMAT", "TASKS", "AllowedElements", "AnnealedCoordinates", "CrystalFlow",
+           "composition_tokens", "element_tokens"]
 
 CHECKPOINT_FORMAT = "flowmatch.crystal.csp/1"
 _NET_KEYS = ("hidden", "layers", "num_freqs", "time_dim")
@@ -94,48 +106,111 @@ class AnnealedCoordinates(torch.nn.Module):
         return out
 
 
-class CrystalFlow:
-    """A CSP model: geometry, path and velocity network (see the module docstring)."""
+TASKS = ("csp", "de_novo")
 
-    def __init__(self, net: CrystalVelocityNet, lattice: Euclidean, *,
+
+def element_tokens(elements: Sequence[str]) -> Tensor:
+    """Type tokens (Z − 1) of element symbols; unknown symbols are a ValueError naming them."""
+    from pymatgen.core import Element
+
+    tokens, unknown = [], []
+    for symbol in elements:
+        try:
+            z = Element(symbol.strip()).Z
+        except (ValueError, KeyError):
+            unknown.append(symbol)
+            continue
+        if not 1 <= z <= NUM_ELEMENTS:
+            unknown.append(symbol)
+            continue
+        tokens.append(z - 1)
+    if unknown or not tokens:
+        raise ValueError(f"elements must be symbols of elements H..Fm, got unknown {unknown}"
+                         if unknown else "elements must name at least one element")
+    return torch.tensor(sorted(set(tokens)), dtype=torch.long)
+
+
+class AllowedElements(torch.nn.Module):
+    """Restrict a de novo field's type posterior to some elements (logits −inf elsewhere)."""
+
+    def __init__(self, field: torch.nn.Module, tokens: Tensor) -> None:
+        super().__init__()
+        self.field = field
+        self.register_buffer("allowed", torch.zeros(NUM_ELEMENTS, dtype=torch.bool)
+                             .index_fill(0, tokens.long(), True), persistent=False)
+
+    def forward(self, x: ProductPoint, t: Tensor) -> dict[str, Tensor]:
+        out = dict(self.field(x, t))
+        out["types"] = out["types"].masked_fill(~self.allowed, float("-inf"))
+        return out
+
+
+class CrystalFlow:
+    """A crystal model: geometry, path and velocity network (see the module docstring).
+
+    ``task="csp"`` (structure prediction): the atom types are given and held fixed.
+    ``task="de_novo"``: the types flow too, from all-mask tokens by the core's discrete mixture
+    path (``Discrete(100, source="mask")``), jointly with lattice and coordinates in the same
+    ProductPath / ProductSolver; the network then needs the mask state and a type head.
+    """
+
+    def __init__(self, net: CrystalVelocityNet, lattice: Euclidean, *, task: str = "csp",
                  size_counts: dict[int, int] | None = None,
                  info: dict[str, Any] | None = None) -> None:
         if not isinstance(net, CrystalVelocityNet):
             raise TypeError(f"net must be a CrystalVelocityNet, got {type(net).__name__}")
-        self.net = net
-        self.geometry = crystal_product(lattice)
-        self.path = ProductPath(lattice=CondOTPath(), coords=GeodesicPath(FlatTorus(3, 1.0)),
-                                types=None)
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if task == "de_novo" and not (net.predict_types and net.num_states == NUM_ELEMENTS + 1):
+            raise ValueError("a de novo model needs CrystalVelocityNet(num_states=101, "
+                             "predict_types=True): the mask state in, type logits out")
+        self.net, self.task = net, task
+        coords = GeodesicPath(FlatTorus(3, 1.0))
+        if task == "csp":
+            self.geometry = crystal_product(lattice)
+            self.path = ProductPath(lattice=CondOTPath(), coords=coords, types=None)
+        else:
+            self.geometry = crystal_product(lattice, types="mask")
+            self.path = ProductPath(lattice=CondOTPath(), coords=coords,
+                                    types=MixtureDiscretePath(CondOTScheduler()))
         self.size_counts = dict(size_counts or {})
         self.info = dict(info or {})
 
     @classmethod
-    def for_data(cls, data: CrystalSet, *, hidden: int = 192, layers: int = 4,
-                 num_freqs: int = 16, time_dim: int = 64) -> CrystalFlow:
+    def for_data(cls, data: CrystalSet, *, task: str = "csp", hidden: int = 192,
+                 layers: int = 4, num_freqs: int = 16, time_dim: int = 64) -> CrystalFlow:
         """A fresh model whose lattice base and input scaling are fitted to ``data``."""
         lattice = Euclidean.fitted(data.lattices)
+        de_novo = task == "de_novo"
         net = CrystalVelocityNet(hidden, layers, num_freqs=num_freqs, time_dim=time_dim,
-                                 lattice_loc=lattice.base_loc, lattice_scale=lattice.base_scale)
+                                 lattice_loc=lattice.base_loc, lattice_scale=lattice.base_scale,
+                                 num_states=NUM_ELEMENTS + de_novo, predict_types=de_novo)
         sizes = Counter(int(n) for n in data.sizes.tolist())
-        return cls(net, lattice, size_counts=dict(sizes))
+        return cls(net, lattice, task=task, size_counts=dict(sizes))
 
     # -- training ------------------------------------------------------------------------
     def train(self, data: CrystalSet, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
-              coords_weight: float = 400.0, ema_decay: float = 0.999, grad_clip: float = 0.5,
+              coords_weight: float = 400.0, types_weight: float = 40.0,
+              ema_decay: float = 0.999, grad_clip: float = 0.5,
               seed: int = 0, progress: bool = True, checkpoint_path: str | None = None,
               **fit_kwargs: Any):
         """Train by flow matching with :func:`~flowmatch.training.fit`; returns its result.
 
-        Loss weights coordinates : lattice = ``coords_weight`` : 1 on per-dimension losses,
-        normalised to sum to 1 (FlowMM's CSP weighting is 400 : 1). The network is replaced by
-        the EMA network at the end.
+        Loss weights coordinates : lattice (: types, de novo) = ``coords_weight`` : 1
+        (: ``types_weight``) on per-dimension losses, normalised to sum to 1 (FlowMM weighs
+        400 : 1 for CSP and 400 : 1 : 40 de novo). The network is replaced by the EMA network
+        at the end.
         """
         from flowmatch.training import fit
 
         w = float(coords_weight)
+        weights = {"coords": w, "lattice": 1.0}
+        if self.task == "de_novo":
+            weights["types"] = float(types_weight)
+        total = sum(weights.values())
         result = fit(self.net, data.sample, self.path, self.geometry, steps=steps,
                      batch_size=batch_size, lr=lr, ema_decay=ema_decay, grad_clip=grad_clip,
-                     loss_weights={"coords": w / (w + 1), "lattice": 1 / (w + 1)},
+                     loss_weights={k: v / total for k, v in weights.items()},
                      seed=seed, progress=progress, checkpoint_path=checkpoint_path,
                      **fit_kwargs)
         if result.ema_model is not None:
@@ -160,18 +235,21 @@ class CrystalFlow:
                              "coords": torch.zeros(seg.num_rows, 3), "types": tokens},
                             segments=seg, ragged=RAGGED)
         x0 = self.geometry.sample_base_like(like, generator=generator)
-        x0["types"] = tokens
+        if self.task == "csp":
+            x0["types"] = tokens  # the given composition; de novo starts from all-mask tokens
         return x0
 
     @torch.no_grad()
     def sample(self, types: Sequence[Tensor] | ProductPoint, *, steps: int = 100,
                method: str = "euler", anneal_slope: float = 0.0, time_power: float = 1.0,
+               elements: Tensor | None = None,
                generator: torch.Generator | None = None) -> ProductPoint:
         """Integrate the flow from noise to crystals with the given atom types.
 
         ``steps`` steps of ``method`` on the grid t_i = 1 − (1 − i/steps)^``time_power``:
         uniform for 1, denser near the data (t = 1, where positions are decided) for > 1.
-        ``anneal_slope`` scales the coordinate velocity by 1 + slope·t.
+        ``anneal_slope`` scales the coordinate velocity by 1 + slope·t; ``elements`` (type
+        tokens, de novo only) are the only types the type posterior may choose.
         """
         from flowmatch.solvers import ProductSolver
 
@@ -180,13 +258,35 @@ class CrystalFlow:
         if not time_power >= 1:
             raise ValueError(f"time_power must be ≥ 1, got {time_power!r}")
         field = AnnealedCoordinates(self.net, anneal_slope) if anneal_slope else self.net
+        if elements is not None:
+            field = AllowedElements(field, elements)
         x0 = self.base_like(types, generator=generator)
         solver = ProductSolver(field, self.geometry, self.path)
         u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
         grid = 1 - (1 - u) ** time_power
-        out = solver.sample(x0, time_grid=grid, method=method)
+        out = solver.sample(x0, time_grid=grid, method=method, generator=generator)
         self.nfe = solver.nfe
         return out
+
+    def sample_de_novo(self, n: int, *, elements: Sequence[str] | None = None,
+                       generator: torch.Generator | None = None, **sample_kwargs: Any
+                       ) -> ProductPoint:
+        """``n`` new crystals: atom counts drawn from the training distribution, types,
+        coordinates and lattice generated jointly; ``elements`` (symbols) restricts the types
+        to a chemical system by masking the type posteriors."""
+        if self.task != "de_novo":
+            raise ValueError("sample_de_novo needs a model trained with task='de_novo'")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if not self.size_counts:
+            raise ValueError("the model records no training atom counts to draw from")
+        sizes = torch.tensor(sorted(self.size_counts), dtype=torch.long)
+        weights = torch.tensor([self.size_counts[int(k)] for k in sizes], dtype=torch.float64)
+        counts = sizes[torch.multinomial(weights, n, replacement=True, generator=generator)]
+        mask = NUM_ELEMENTS  # the mask token of Discrete(100, source="mask")
+        tokens = [torch.full((int(c),), mask, dtype=torch.long) for c in counts]
+        allowed = None if elements is None else element_tokens(elements)
+        return self.sample(tokens, elements=allowed, generator=generator, **sample_kwargs)
 
     def predict(self, formulas: Sequence[str], *, num_samples: int = 1,
                 formula_units: int | None = None, **sample_kwargs: Any) -> list[list[Any]]:
@@ -206,7 +306,7 @@ class CrystalFlow:
                         "time_dim": net.time[0].dim},
                 "lattice_loc": lat.base_loc.tolist(), "lattice_scale": lat.base_scale.tolist(),
                 "size_counts": {str(k): v for k, v in self.size_counts.items()},
-                "info": self.info}
+                "task": self.task, "info": self.info}
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write a weights-only checkpoint atomically."""
@@ -228,11 +328,14 @@ class CrystalFlow:
         cfg = state["config"]
         lattice = Euclidean(6, torch.tensor(cfg["lattice_scale"], dtype=torch.float64),
                             base_loc=torch.tensor(cfg["lattice_loc"], dtype=torch.float64))
+        task = cfg.get("task", "csp")
+        de_novo = task == "de_novo"
         net = CrystalVelocityNet(**{k: cfg["net"][k] for k in _NET_KEYS},
-                                 lattice_loc=lattice.base_loc, lattice_scale=lattice.base_scale)
+                                 lattice_loc=lattice.base_loc, lattice_scale=lattice.base_scale,
+                                 num_states=NUM_ELEMENTS + de_novo, predict_types=de_novo)
         try:
             net.load_state_dict(state["state_dict"])
         except RuntimeError as err:
             raise ValueError(f"model {str(path)!r}: weights do not fit its config: {err}") from err
         sizes = {int(k): int(v) for k, v in cfg.get("size_counts", {}).items()}
-        return cls(net.eval(), lattice, size_counts=sizes, info=cfg.get("info", {}))
+        return cls(net.eval(), lattice, task=task, size_counts=sizes, info=cfg.get("info", {}))

@@ -27,6 +27,7 @@ EXAMPLES_GENERATE = """examples:
   flowmatch crystal generate --composition SrTiO3
   flowmatch crystal generate -c SrTiO3 -c KMgF3 -c Ca2Ti2O6 -n 8 --out structures/
   flowmatch crystal generate -c BaZrO3 --steps 200 --seed 3 --model my_model.pt --force
+  flowmatch crystal generate --de-novo -n 100 --model dng.pt --elements Li,Fe,P,O
 """
 EXAMPLES_EVALUATE = """examples:
   flowmatch crystal evaluate --generated structures/ --reference perov_5/test.csv
@@ -61,10 +62,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         "cells. A reduced formula is tried at every number of formula units Z whose atom count "
         "the model was trained on, unless --formula-units is given.",
         epilog=EXAMPLES_GENERATE, formatter_class=raw)
-    gen.add_argument("-c", "--composition", action="append", nargs="+", required=True,
+    gen.add_argument("-c", "--composition", action="append", nargs="+", default=None,
                      metavar="FORMULA", help="a composition such as SrTiO3 (repeatable)")
+    gen.add_argument("--de-novo", action="store_true",
+                     help="generate new crystals (types too) with a de novo model (--model)")
+    gen.add_argument("--elements", default=None, metavar="EL,EL,...",
+                     help="de novo: restrict the types to these elements, e.g. Li,Fe,P,O")
     gen.add_argument("-n", "--num-samples", type=_positive_int, default=1,
-                     help="structures per composition and Z (default 1)")
+                     help="structures per composition and Z, or de novo in all (default 1)")
     gen.add_argument("--out", default="crystals", help="output folder (default ./crystals)")
     gen.add_argument("--force", action="store_true", help="overwrite existing files")
     gen.add_argument("--model", default=None,
@@ -117,6 +122,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate")
     train.add_argument("--seed", type=int, default=0, help="initialisation and data seed")
     train.add_argument("--threads", type=_positive_int, default=None)
+    train.add_argument("--de-novo", action="store_true",
+                       help="train a de novo model (atom types flow too, from mask tokens)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
     return crystal
@@ -179,7 +186,12 @@ def _formula_units(formula: str, given: int | None, size_counts: dict[int, int])
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    formulas = [f for group in args.composition for f in group]
+    if args.de_novo == bool(args.composition):
+        return _fail("generate", "give --composition FORMULA (structure prediction) or "
+                     "--de-novo, not both and not neither")
+    if args.elements is not None and not args.de_novo:
+        return _fail("generate", "--elements applies to --de-novo generation")
+    formulas = [f for group in args.composition or [] for f in group]
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         return _fail("generate", f"--out {str(out)!r} exists and is not a folder")
@@ -188,17 +200,29 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         return _fail("generate", f"model {str(model_path)!r} does not exist")
     import torch
 
-    from flowmatch.plugins.crystal.csp import CrystalFlow, composition_tokens
+    from flowmatch.plugins.crystal.csp import CrystalFlow, composition_tokens, element_tokens
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         flow = CrystalFlow.load(model_path)
-        plan = [(f, z) for f in formulas
-                for z in _formula_units(f, args.formula_units, flow.size_counts)]
+        if args.de_novo:
+            if flow.task != "de_novo":
+                raise ValueError(f"model {str(model_path)!r} predicts structures for a given "
+                                 "composition; --de-novo needs a model trained with "
+                                 "`flowmatch crystal train --de-novo`")
+            allowed = (None if args.elements is None
+                       else element_tokens(args.elements.split(",")))
+            plan = [("denovo", 0)]
+        else:
+            if flow.task != "csp":
+                raise ValueError(f"model {str(model_path)!r} is a de novo model: use --de-novo")
+            plan = [(f, z) for f in formulas
+                    for z in _formula_units(f, args.formula_units, flow.size_counts)]
     except ValueError as err:
         return _fail("generate", err)
-    names = {(f, z, k): out / f"{_safe_name(f)}_Z{z}_{k}.cif"
+    names = {(f, z, k): out / (f"denovo_{k}.cif" if args.de_novo
+                               else f"{_safe_name(f)}_Z{z}_{k}.cif")
              for f, z in plan for k in range(args.num_samples)}
     existing = [str(p) for p in names.values() if p.exists()]
     if existing and not args.force:
@@ -207,13 +231,18 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     steps = args.steps or int(flow.info.get("sample_steps", 100))
     slope = (args.anneal_slope if args.anneal_slope is not None
              else float(flow.info.get("anneal_slope", 0.0)))
-    tokens = [composition_tokens(f, formula_units=z) for f, z in plan
-              for _ in range(args.num_samples)]
     from flowmatch.plugins.crystal.representation import batch_to_structures
 
-    batch = flow.sample(tokens, steps=steps, method=args.method, anneal_slope=slope,
-                        time_power=float(flow.info.get("time_power", 1.0)),
-                        generator=torch.Generator().manual_seed(args.seed))
+    options = {"steps": steps, "method": args.method, "anneal_slope": slope,
+               "time_power": float(flow.info.get("time_power", 1.0)),
+               "generator": torch.Generator().manual_seed(args.seed)}
+    if args.de_novo:
+        batch = flow.sample_de_novo(args.num_samples, **options,
+                                    elements=None if allowed is None else args.elements.split(","))
+    else:
+        tokens = [composition_tokens(f, formula_units=z) for f, z in plan
+                  for _ in range(args.num_samples)]
+        batch = flow.sample(tokens, **options)
     structures = batch_to_structures(batch)
     out.mkdir(parents=True, exist_ok=True)
     rows, written = [], []
@@ -228,8 +257,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             written.append(s)
             a, b, c = s.lattice.abc
             al, be, ga = s.lattice.angles
-            rows.append((f, z, k, f"{a:.3f} {b:.3f} {c:.3f}; {al:.1f} {be:.1f} {ga:.1f}",
-                         group, str(path)))
+            shown, units = f, z
+            if args.de_novo:  # the generated composition and its formula units
+                shown, factor = s.composition.get_reduced_formula_and_factor()
+                units = int(factor)
+            rows.append((shown, units, k,
+                         f"{a:.3f} {b:.3f} {c:.3f}; {al:.1f} {be:.1f} {ga:.1f}", group, str(path)))
     print(f"{'formula':12s} {'Z':>2s} {'#':>3s} {'cell: a b c (Å); α β γ (°)':38s} "
           f"{'space group':12s} file")
     for f, z, k, cell, group, path in rows:
@@ -392,7 +425,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except ValueError as err:
         return _fail("train", err)
     torch.manual_seed(args.seed)
-    flow = CrystalFlow.for_data(data, hidden=args.hidden, layers=args.layers)
+    flow = CrystalFlow.for_data(data, task="de_novo" if args.de_novo else "csp",
+                                hidden=args.hidden, layers=args.layers)
     flow.train(data, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
                progress=not args.quiet and sys.stderr.isatty())
     flow.save(out)
