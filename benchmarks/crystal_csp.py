@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--num-freqs", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--holdout", type=float, default=0.1)
+    ap.add_argument("--train-time-power", type=float, default=1.0,
+                    help="training times t = 1 - (1 - u)^P (1: uniform)")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test "
                     "crystals (default: all 3,785)")
     ap.add_argument("--sample-steps", type=int, nargs="+", default=[50, 100, 200],
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         flow = CrystalFlow.for_data(train, hidden=args.hidden, layers=args.layers,
                                     num_freqs=args.num_freqs)
         result = flow.train(train, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                            seed=args.seed, progress=tty)
+                            seed=args.seed, progress=tty, time_power=args.train_time_power)
         train_s = result.seconds
 
     from flowmatch.plugins.crystal.metrics import STRICT_TOLERANCES
@@ -197,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
               "batch": flow.info.get("batch_size", args.batch), "hidden": flow.net.hidden,
               "layers": len(flow.net.layers), "num_freqs": int(flow.net.freqs.shape[0]),
               "lr": flow.info.get("lr", args.lr),
+              "train_time_power": flow.info.get("train_time_power", args.train_time_power),
               "model": args.model, "sample_steps": best_steps, "anneal_slope": best_slope,
               "time_power": best_power,
               "held_out_choices": {f"{k[0]} steps, slope {k[1]:g}, time power {k[2]:g}":

@@ -191,7 +191,7 @@ class CrystalFlow:
     # -- training ------------------------------------------------------------------------
     def train(self, data: CrystalSet, *, steps: int, batch_size: int = 256, lr: float = 1e-3,
               coords_weight: float = 400.0, types_weight: float = 40.0,
-              ema_decay: float = 0.999, grad_clip: float = 0.5,
+              ema_decay: float = 0.999, grad_clip: float = 0.5, time_power: float = 1.0,
               seed: int = 0, progress: bool = True, checkpoint_path: str | None = None,
               **fit_kwargs: Any):
         """Train by flow matching with :func:`~flowmatch.training.fit`; returns its result.
@@ -199,9 +199,15 @@ class CrystalFlow:
         Loss weights coordinates : lattice (: types, de novo) = ``coords_weight`` : 1
         (: ``types_weight``) on per-dimension losses, normalised to sum to 1 (FlowMM weighs
         400 : 1 for CSP and 400 : 1 : 40 de novo). The network is replaced by the EMA network
-        at the end.
+        at the end. Training times are t = 1 − (1 − u)^``time_power`` (1: uniform; larger puts
+        more updates near the data, where atom positions are decided).
         """
-        from flowmatch.training import fit
+        from flowmatch.training import KumaraswamyTime, fit
+
+        if not time_power >= 1:
+            raise ValueError(f"time_power must be ≥ 1, got {time_power!r}")
+        if time_power != 1.0:
+            fit_kwargs.setdefault("time_sampler", KumaraswamyTime(1.0, 1.0 / time_power))
 
         w = float(coords_weight)
         weights = {"coords": w, "lattice": 1.0}
@@ -218,6 +224,7 @@ class CrystalFlow:
         self.net.eval()
         self.info.update({"steps": steps, "batch_size": batch_size, "lr": lr,
                           "coords_weight": w, "ema_decay": ema_decay, "seed": seed,
+                          "train_time_power": time_power,
                           "train_seconds": round(result.seconds, 1)})
         return result
 
