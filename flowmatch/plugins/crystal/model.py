@@ -60,10 +60,13 @@ class CrystalVelocityNet(nn.Module):
     [N, 3], lattice velocities [S, 6] and, with ``predict_types``, type logits [N, 100].
 
     Args:
-        hidden, layers: width and depth of the message passing.
+        hidden: width of the message passing.
+        layers: number of message-passing layers.
         num_freqs: K, the number of Fourier frequencies of the fractional differences.
-        lattice_loc, lattice_scale: statistics that standardise the lattice parameters on the
-            way in (default 0 and 1; pass the training set's mean and std).
+        time_dim: width of the sinusoidal time embedding.
+        lattice_loc: mean that standardises the lattice parameters on the way in (default 0;
+            pass the training set's).
+        lattice_scale: standard deviation of that standardisation (default 1).
         num_states: input vocabulary of the type embedding (100 elements, 101 with a mask).
         predict_types: add the per-atom type head (de novo generation).
     """

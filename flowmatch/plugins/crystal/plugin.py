@@ -1,13 +1,15 @@
 """Command-line registration of the crystal plugin (``flowmatch crystal ...``).
 
 Sub-commands:
-    flowmatch crystal generate --composition SrTiO3 [-n 8] [--out DIR]
-        sample structures for compositions with the shipped perov-5 model (or --model); one
-        CIF per structure (with the symmetry pymatgen finds), a summary table, a PNG of the cells
-    flowmatch crystal evaluate --generated DIR --reference test.csv
-        match generated CIFs against reference structures (the community CSP protocol)
-    flowmatch crystal train --data train.csv [more.csv] --out model.pt
-        train a CSP model on CDVAE-format CSV files
+
+* ``flowmatch crystal generate --composition SrTiO3 -n 8 --out DIR`` — sample structures for
+  compositions with the shipped perov-5 model (or ``--model``), or new crystals with
+  ``--de-novo``; one CIF per structure (with the symmetry spglib finds), a summary table and a
+  PNG of the cells;
+* ``flowmatch crystal evaluate --generated DIR --reference test.csv`` — match generated CIFs
+  against reference structures (the community CSP protocol);
+* ``flowmatch crystal train --data train.csv --out model.pt`` — train a model on CDVAE-format
+  CSV files.
 
 Nothing heavy is imported at registration: torch and pymatgen load when a sub-command runs.
 """
