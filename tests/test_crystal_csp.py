@@ -153,7 +153,7 @@ def test_the_shipped_model_generates_plausible_perovskites(tmp_path, capsys):
     from flowmatch.plugins.crystal.plugin import default_model_path
 
     flow = CrystalFlow.load(default_model_path())
-    assert flow.size_counts == {5: 4330} and flow.info["sample_steps"] == 100
+    assert flow.size_counts == {5: 4330} and flow.info["sample_steps"] == 50
     out = flow.predict(["SrTiO3"], num_samples=4, steps=flow.info["sample_steps"],
                        anneal_slope=flow.info["anneal_slope"],
                        generator=torch.Generator().manual_seed(0))[0]

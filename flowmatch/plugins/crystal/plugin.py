@@ -123,6 +123,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     train.add_argument("--layers", type=_positive_int, default=4, help="message-passing layers")
     train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate")
     train.add_argument("--seed", type=int, default=0, help="initialisation and data seed")
+    train.add_argument("--time-power", type=_positive_float, default=2.0,
+                       help="training times t = 1 - (1 - u)^P (default 2: more updates near "
+                       "the data; 1 is uniform)")
     train.add_argument("--threads", type=_positive_int, default=None)
     train.add_argument("--de-novo", action="store_true",
                        help="train a de novo model (atom types flow too, from mask tokens)")
@@ -430,7 +433,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     flow = CrystalFlow.for_data(data, task="de_novo" if args.de_novo else "csp",
                                 hidden=args.hidden, layers=args.layers)
     flow.train(data, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
-               progress=not args.quiet and sys.stderr.isatty())
+               time_power=args.time_power, progress=not args.quiet and sys.stderr.isatty())
     flow.save(out)
     print(f"trained on {len(data)} crystals for {args.steps} steps; wrote {out}")
     return 0
