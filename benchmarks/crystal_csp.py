@@ -99,7 +99,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--k20-limit", type=int, default=300,
                     help="test crystals scored at k = 20 (0: skip k = 20)")
     ap.add_argument("--jobs", type=int, default=2, help="processes for StructureMatcher")
+    ap.add_argument("--device", default="cpu", help="torch device for training and sampling")
+    ap.add_argument("--train-budget", type=float, default=None, metavar="SECONDS",
+                    help="train for this many seconds (at most --steps steps) instead of a "
+                    "fixed step count")
+    ap.add_argument("--sample-batch", type=int, default=4096,
+                    help="crystals per sampling call (memory bound)")
+    ap.add_argument("--export-samples", default=None, metavar="PATH",
+                    help="write the held-out and test samples of every sampler choice here and "
+                    "stop (for a machine without pymatgen, e.g. a GPU box); score them later "
+                    "with --samples PATH --model MODEL")
+    ap.add_argument("--samples", default=None, metavar="PATH",
+                    help="score samples written by --export-samples (needs --model, the model "
+                    "that drew them)")
     args = ap.parse_args(argv)
+    if args.samples and not args.model:
+        ap.error("--samples needs --model (the model that drew them)")
     if args.quick:
         args.steps, args.limit = min(args.steps, 300), min(args.limit or 100, 100)
         args.sample_steps, args.anneal_slopes, args.select_on = [20], [0.0], 50
@@ -126,42 +141,92 @@ def main(argv: list[str] | None = None) -> dict:
         test = test.subset(torch.arange(min(args.limit, len(test))))
 
     started = time.perf_counter()
+    device = torch.device(args.device)
     if args.model:
-        flow = CrystalFlow.load(args.model)
+        flow = CrystalFlow.load(args.model).to(device)
         train_s = flow.info.get("train_seconds")
     else:
         torch.manual_seed(args.seed)  # the network's initial weights
         flow = CrystalFlow.for_data(train, hidden=args.hidden, layers=args.layers,
                                     num_freqs=args.num_freqs)
         result = flow.train(train, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                            seed=args.seed, progress=tty, time_power=args.train_time_power)
+                            seed=args.seed, progress=tty, time_power=args.train_time_power,
+                            device=device, budget_s=args.train_budget)
         train_s = result.seconds
+        print(f"trained {result.steps} steps in {train_s:.0f} s on {device}", flush=True)
 
     from flowmatch.plugins.crystal.metrics import STRICT_TOLERANCES
 
-    def sample(data: CrystalSet, choice: tuple, seed: int, k: int = 1):
-        """k samples per crystal of ``data``: (list of k structures per crystal, targets)."""
+    def draw(data: CrystalSet, choice: tuple, seed: int, reps: torch.Tensor) -> dict:
+        """reps[i] samples of crystal i of ``data`` (drawn in chunks): lattice/coords on CPU."""
         steps, slope, power = choice
-        x1 = data.batch(torch.arange(len(data)).repeat_interleave(k))
-        out = flow.sample(x1, steps=steps, anneal_slope=slope, time_power=power,
-                          generator=torch.Generator().manual_seed(seed))
-        preds = batch_to_structures(out)
+        order = torch.arange(len(data)).repeat_interleave(reps)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        lat, crd = [], []
+        t0 = time.perf_counter()
+        for chunk in order.split(args.sample_batch):
+            out = flow.sample(data.batch(chunk), steps=steps, anneal_slope=slope,
+                              time_power=power, generator=gen)
+            lat.append(out["lattice"].float().cpu())
+            crd.append(out["coords"].float().cpu())
+        return {"lattice": torch.cat(lat), "coords": torch.cat(crd), "reps": reps,
+                "seconds": time.perf_counter() - t0, "calls": flow.nfe}
+
+    def structures(data: CrystalSet, drawn: dict) -> tuple[list, list]:
+        """(samples per crystal as lists of structures, target structures)."""
+        reps = drawn["reps"]
+        like = data.batch(torch.arange(len(data)).repeat_interleave(reps))
+        preds = batch_to_structures(like.like({**like, "lattice": drawn["lattice"],
+                                               "coords": drawn["coords"]}))
+        ends = torch.cumsum(reps, 0).tolist()
+        grouped = [preds[e - r:e] for e, r in zip(ends, reps.tolist(), strict=True)]
         targets = batch_to_structures(data.batch(torch.arange(len(data)), dtype=torch.float64))
-        return [preds[i * k:(i + 1) * k] for i in range(len(data))], targets
+        return grouped, targets
 
     def both(preds, targets):
         return (csp_metrics(preds, targets, jobs=args.jobs),
                 csp_metrics(preds, targets, tolerances=STRICT_TOLERANCES, jobs=args.jobs))
 
-    # choose the sampler on the held-out slice (never on the test set)
+    def key(choice: tuple) -> str:
+        return f"{choice[0]} steps, slope {choice[1]:g}, time power {choice[2]:g}"
+
+    # held-out slice: chooses the sampler (never the test set); test: k = 20 samples for the
+    # first --k20-limit crystals, one for the rest — the k = 1 score takes each crystal's first
     sel = held.subset(torch.arange(min(args.select_on, len(held))))
+    n_k20 = min(args.k20_limit, len(test))
+    test_reps = torch.ones(len(test), dtype=torch.long)
+    test_reps[:n_k20] = 20
+    grid = list(itertools.product(args.sample_steps, args.anneal_slopes, args.time_powers))
+    if args.samples:
+        bank = torch.load(args.samples, weights_only=True)
+        if bank.get("test_crystals") != len(test) or bank.get("held_crystals") != len(sel):
+            raise SystemExit(f"{args.samples} was drawn for other splits or --limit/--select-on")
+        grid = [c for c in grid if key(c) in bank["held"]]
+        if not grid:
+            raise SystemExit(f"{args.samples} holds none of the sampler choices asked for")
+    else:
+        bank = {"held": {}, "test": {}, "device": str(device), "test_crystals": len(test),
+                "held_crystals": len(sel)}
+        for choice in grid:
+            bank["held"][key(choice)] = draw(sel, choice, args.seed + 1,
+                                             torch.ones(len(sel), dtype=torch.long))
+    if args.export_samples:
+        for choice in grid:
+            bank["test"][key(choice)] = draw(test, choice, args.seed + 2, test_reps)
+            print(f"sampled the test split with {key(choice)} in "
+                  f"{bank['test'][key(choice)]['seconds']:.1f} s", flush=True)
+        if args.save_model:
+            flow.save(args.save_model)
+        torch.save(bank, args.export_samples)
+        print(f"wrote {args.export_samples}")
+        return {}
+
     choices = {}
-    for choice in itertools.product(args.sample_steps, args.anneal_slopes, args.time_powers):
-        loose, strict = both(*sample(sel, choice, args.seed + 1))
+    for choice in grid:
+        loose, strict = both(*structures(sel, bank["held"][key(choice)]))
         choices[choice] = (strict.match_rate, loose.match_rate)
-        print(f"held-out: {choice[0]:4d} steps, slope {choice[1]:g}, time power {choice[2]:g}: "
-              f"match {100 * loose.match_rate:.1f} % (strict {100 * strict.match_rate:.1f} %)",
-              flush=True)
+        print(f"held-out: {key(choice)}: match {100 * loose.match_rate:.1f} % "
+              f"(strict {100 * strict.match_rate:.1f} %)", flush=True)
     best = max(choices, key=lambda k: (choices[k], -k[0]))
     best_steps, best_slope, best_power = best
     if args.save_model:
@@ -170,15 +235,13 @@ def main(argv: list[str] | None = None) -> dict:
                           "time_power": best_power})
         flow.save(args.save_model)
 
-    t0 = time.perf_counter()
-    preds, targets = sample(test, best, args.seed + 2)
-    sample_s = time.perf_counter() - t0
-    calls = flow.nfe
+    drawn = bank["test"].get(key(best)) or draw(test, best, args.seed + 2, test_reps)
+    sample_s = drawn["seconds"] / int(test_reps.sum()) * len(test)  # per k = 1 sweep
+    calls = drawn["calls"]
+    grouped, targets = structures(test, drawn)
+    preds = [g[:1] for g in grouped]
     results = {"flowmatch": both(preds, targets)}
-    k20 = None
-    if args.k20_limit:
-        sub = test.subset(torch.arange(min(args.k20_limit, len(test))))
-        k20 = both(*sample(sub, best, args.seed + 3, k=20))
+    k20 = both(grouped[:n_k20], targets[:n_k20]) if n_k20 else None
     train_structs = [s for s in batch_to_structures(train.batch(torch.arange(len(train))))
                      if s is not None]
     comps = [t.composition for t in targets]
@@ -194,17 +257,16 @@ def main(argv: list[str] | None = None) -> dict:
                          n)
         rows += rows_for(system, 100 * strict.match_rate, strict.rmse, None, n, strict=True)
     if k20 is not None:
-        rows += rows_for("flowmatch", 100 * k20[0].match_rate, k20[0].rmse, None,
-                         min(args.k20_limit, n), k=20)
-        rows += rows_for("flowmatch", 100 * k20[1].match_rate, k20[1].rmse, None,
-                         min(args.k20_limit, n), k=20, strict=True)
+        rows += rows_for("flowmatch", 100 * k20[0].match_rate, k20[0].rmse, None, n_k20, k=20)
+        rows += rows_for("flowmatch", 100 * k20[1].match_rate, k20[1].rmse, None, n_k20, k=20,
+                         strict=True)
     for system, (m, r) in spec["published"].items():
         rows += rows_for(system, m, r, None, len(load_cdvae_csv(root / "test.csv")))
     rows.append({"system": "flowmatch", "metric": "network calls per structure",
                  "value": calls, "unit": "calls", "better": "lower"})
     rows.append({"system": "flowmatch", "metric": "sampling time per structure",
                  "value": sample_s / n, "unit": "s", "better": "lower",
-                 "threads": args.threads})
+                 "device": bank.get("device", str(device)), "threads": args.threads})
     config = {"dataset": args.dataset, "train": f"{' + '.join(spec['train'])} minus held-out "
               f"{args.holdout:g} ({len(train)} crystals; the published models used the full "
               f"{spec['published_train']:,}-crystal train split)",
@@ -221,7 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    {"strict": v[0], "standard": v[1]}
                                    for k, v in choices.items()},
               "train_seconds": train_s, "sample_seconds": round(sample_s, 1),
-              "k20_test_crystals": min(args.k20_limit, n) if args.k20_limit else 0,
+              "k20_test_crystals": n_k20, "train_device": flow.info.get("train_device", "cpu"),
+              "sample_device": bank.get("device", str(device)), "samples": args.samples,
               "threads": args.threads, "jobs": args.jobs, "load_average": load_average(),
               "quick": args.quick, "wall_seconds": round(time.perf_counter() - started, 1)}
     print(f"\n{args.dataset} CSP, {n} test crystals (sampler: {best_steps} Euler steps = {calls} "

@@ -163,10 +163,21 @@ def _plot(data: Any, samples: Any, args: argparse.Namespace, w2: float) -> None:
 
 
 # -- plugins ----------------------------------------------------------------------------------
-def _plugin_entry_points() -> list[Any]:
-    from importlib.metadata import entry_points
+# the plugins shipped inside the package, registered by pyproject.toml's entry points; a source
+# checkout run without installing (PYTHONPATH=.) has no entry-point metadata and uses these
+SHIPPED_PLUGINS = {"crystal": "flowmatch.plugins.crystal.plugin",
+                   "video": "flowmatch.plugins.video.plugin"}
 
-    return list(entry_points(group=PLUGIN_GROUP))
+
+def _plugin_entry_points() -> list[Any]:
+    from importlib.metadata import EntryPoint, entry_points
+
+    found = list(entry_points(group=PLUGIN_GROUP))
+    names = {ep.name for ep in found}
+    if not any(ep.value in SHIPPED_PLUGINS.values() for ep in found):
+        found += [EntryPoint(name, value, PLUGIN_GROUP) for name, value in
+                  SHIPPED_PLUGINS.items() if name not in names]
+    return found
 
 
 def _load_plugins(subparsers: Any) -> None:

@@ -53,6 +53,22 @@ def test_help_does_not_import_the_heavy_parts():
     assert "LOADED []" in out.stdout
 
 
+def test_python_dash_m_runs_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "flowmatch", "--help"], capture_output=True,
+                         text=True, env=ENV, timeout=60)
+    assert out.returncode == 0 and "demo" in out.stdout
+
+
+def test_a_source_checkout_without_entry_point_metadata_still_has_the_shipped_plugins(
+        monkeypatch):
+    # PYTHONPATH=. on a machine where the package was never installed: no metadata to read
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [])
+    names = {ep.name: ep.value for ep in cli._plugin_entry_points()}
+    assert names == cli.SHIPPED_PLUGINS
+
+
 def test_console_script_is_installed():
     script = os.path.join(os.path.dirname(sys.executable), "flowmatch")
     if not os.path.exists(script):

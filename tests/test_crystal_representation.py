@@ -65,6 +65,40 @@ def test_structures_survive_the_round_trip_through_a_batch(make):
         assert a.composition == b.composition
 
 
+def test_structures_follow_the_segments_whatever_the_row_order():
+    # Segments allow rows in any order: shuffling the rows (with their crystal ids) must give
+    # the same crystals back
+    from flowmatch.geometry import ProductPoint, Segments
+
+    structures = [triclinic(), perovskite(), triclinic()]
+    batch = structures_to_batch(structures, dtype=torch.float64)
+    perm = torch.randperm(batch.segments.num_rows, generator=torch.Generator().manual_seed(3))
+    shuffled = ProductPoint({"lattice": batch["lattice"], "coords": batch["coords"][perm],
+                             "types": batch["types"][perm]},
+                            segments=Segments(batch.segments.index[perm], 3),
+                            ragged=("coords", "types"))
+    matcher = StructureMatcher()
+    for a, b in zip(structures, batch_to_structures(shuffled), strict=True):
+        assert b is not None and a.composition == b.composition and matcher.fit(a, b)
+
+
+def test_crystal_set_batches_equal_the_crystals_stacked_one_by_one():
+    from flowmatch.plugins.crystal import CrystalSet
+
+    structures = [triclinic(), perovskite(), triclinic(), perovskite()]
+    whole = structures_to_batch(structures, dtype=torch.float64)
+    data = CrystalSet(whole["lattice"], whole["coords"], whole["types"],
+                      whole.segments.counts(), ["a", "b", "c", "d"])
+    picked = [3, 0, 0, 2]
+    batch = data.batch(picked, dtype=torch.float64)
+    expected = structures_to_batch([structures[i] for i in picked], dtype=torch.float64)
+    assert batch.segments == expected.segments
+    for k in ("lattice", "coords", "types"):
+        assert torch.equal(batch[k], expected[k]), k
+    drawn = data.sample(6, torch.Generator().manual_seed(0))
+    assert drawn.num_samples == 6 and drawn["coords"].dtype == torch.float32
+
+
 def test_unbuildable_crystals_come_back_as_none_and_bad_input_is_named():
     batch = structures_to_batch([perovskite(), perovskite()])
     batch["lattice"][1, 0] = float("nan")

@@ -222,25 +222,38 @@ class CrystalFlow:
         if result.ema_model is not None:
             self.net = result.ema_model
         self.net.eval()
-        self.info.update({"steps": steps, "batch_size": batch_size, "lr": lr,
+        self.info.update({"steps": result.steps, "batch_size": batch_size, "lr": lr,
                           "coords_weight": w, "ema_decay": ema_decay, "seed": seed,
                           "train_time_power": time_power,
-                          "train_seconds": round(result.seconds, 1)})
+                          "train_seconds": round(result.seconds, 1),
+                          "train_device": str(next(self.net.parameters()).device)})
         return result
 
     # -- sampling ------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the network's parameters live (sampling runs there)."""
+        return next(self.net.parameters()).device
+
+    def to(self, device: torch.device | str) -> CrystalFlow:
+        """Move the network to ``device`` (in place); returns self."""
+        self.net.to(device)
+        return self
+
     def base_like(self, types: Sequence[Tensor] | ProductPoint, *,
                   generator: torch.Generator | None = None) -> ProductPoint:
         """Noise crystals with the given atom types (a list of token tensors, or a batch whose
-        types are kept): lattice from the fitted base, uniform coordinates."""
+        types are kept): lattice from the fitted base, uniform coordinates; on the network's
+        device (``generator`` must live there too)."""
+        device = self.device
         if isinstance(types, ProductPoint):
-            seg, tokens = types.segments, types["types"]
+            seg, tokens = types.segments.to(device), types["types"].to(device)
         else:
-            seg = Segments.from_sizes([int(t.shape[0]) for t in types])
-            tokens = torch.cat(list(types)).long()
-        like = ProductPoint({"lattice": torch.zeros(seg.num_segments, 6),
-                             "coords": torch.zeros(seg.num_rows, 3), "types": tokens},
-                            segments=seg, ragged=RAGGED)
+            seg = Segments.from_sizes([int(t.shape[0]) for t in types], device=device)
+            tokens = torch.cat(list(types)).long().to(device)
+        like = ProductPoint({"lattice": torch.zeros(seg.num_segments, 6, device=device),
+                             "coords": torch.zeros(seg.num_rows, 3, device=device),
+                             "types": tokens}, segments=seg, ragged=RAGGED)
         x0 = self.geometry.sample_base_like(like, generator=generator)
         if self.task == "csp":
             x0["types"] = tokens  # the given composition; de novo starts from all-mask tokens

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from flowmatch.geometry import ProductPoint
-from flowmatch.plugins.crystal.representation import batch_from_arrays, structure_arrays
+from flowmatch.geometry import ProductPoint, Segments
+from flowmatch.plugins.crystal.representation import RAGGED, structure_arrays
 
 __all__ = ["CrystalSet", "load_cdvae_csv"]
 
@@ -59,17 +59,22 @@ class CrystalSet:
         if int(indices.min()) < 0 or int(indices.max()) >= len(self):
             raise ValueError(f"indices must lie in [0, {len(self)}), got "
                              f"[{int(indices.min())}, {int(indices.max())}]")
-        lat, crd, typ = [], [], []
-        for i in indices.tolist():
-            start, n = int(self.offsets[i]), int(self.sizes[i])
-            lat.append(self.lattices[i])
-            crd.append(self.coords[start:start + n])
-            typ.append(self.types[start:start + n])
-        return batch_from_arrays(lat, crd, typ, dtype=dtype)
+        sizes = self.sizes[indices]
+        if bool((sizes < 1).any()):
+            raise ValueError("every crystal needs at least one atom")
+        seg = Segments.from_sizes(sizes)
+        # row r of the batch is atom (r − first row of its crystal) of crystal indices[seg[r]]
+        first = torch.cumsum(sizes, 0) - sizes
+        rows = (self.offsets[indices] - first)[seg.index] + torch.arange(seg.num_rows)
+        return ProductPoint({"lattice": self.lattices[indices].to(dtype),
+                             "coords": self.coords[rows].to(dtype),
+                             "types": self.types[rows].long()}, segments=seg, ragged=RAGGED)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> ProductPoint:
         """``n`` crystals drawn uniformly with replacement (a ``fit`` data sampler)."""
-        idx = torch.randint(len(self), (n,), generator=generator)
+        # the generator may live on an accelerator (fit draws everything from one generator)
+        device = generator.device if generator is not None else None
+        idx = torch.randint(len(self), (n,), generator=generator, device=device).cpu()
         return self.batch(idx)
 
     @staticmethod

@@ -38,6 +38,7 @@ EXAMPLES_EVALUATE = """examples:
 EXAMPLES_TRAIN = """examples:
   flowmatch crystal train --data perov_5/val.csv perov_5/train_dev_1024.csv --out perov.pt
   flowmatch crystal train --data mp_20/train.csv --out mp20.pt --steps 50000 --hidden 256
+  flowmatch crystal train --data perov_5/*.csv --out perov.pt --device cuda --budget 600
 """
 
 
@@ -127,6 +128,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
                        help="training times t = 1 - (1 - u)^P (default 2: more updates near "
                        "the data; 1 is uniform)")
     train.add_argument("--threads", type=_positive_int, default=None)
+    train.add_argument("--device", default="cpu",
+                       help="torch device to train on: cpu (default), cuda, cuda:1, mps ...")
+    train.add_argument("--budget", type=_positive_float, default=None, metavar="SECONDS",
+                       help="stop after this many seconds of training (the learning-rate "
+                       "schedule then spans the budget; at most --steps steps)")
     train.add_argument("--de-novo", action="store_true",
                        help="train a de novo model (atom types flow too, from mask tokens)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -425,6 +431,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        return _fail("train", f"--device {args.device!r} is not usable here: "
+                     f"{str(err).splitlines()[0]}")
+    try:
         data = CrystalSet.concat([load_cdvae_csv(d, progress=not args.quiet)
                                   for d in args.data])
     except ValueError as err:
@@ -432,8 +444,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     flow = CrystalFlow.for_data(data, task="de_novo" if args.de_novo else "csp",
                                 hidden=args.hidden, layers=args.layers)
-    flow.train(data, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
-               time_power=args.time_power, progress=not args.quiet and sys.stderr.isatty())
+    result = flow.train(data, steps=args.steps, batch_size=args.batch, lr=args.lr,
+                        seed=args.seed, time_power=args.time_power, device=device,
+                        budget_s=args.budget,
+                        progress=not args.quiet and sys.stderr.isatty())
     flow.save(out)
-    print(f"trained on {len(data)} crystals for {args.steps} steps; wrote {out}")
+    print(f"trained on {len(data)} crystals for {result.steps} steps in {result.seconds:.0f} s "
+          f"on {device}; wrote {out}")
     return 0

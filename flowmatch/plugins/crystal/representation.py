@@ -146,11 +146,14 @@ def batch_to_structures(batch: ProductPoint) -> list[Structure | None]:
     lengths, angles = lattice_from_params(batch["lattice"].detach().double().cpu())
     frac = batch["coords"].detach().double().cpu()
     z = batch["types"].detach().cpu() + 1
-    index = batch.segments.index.cpu()
+    # group the rows by crystal (Segments allow any row order), keeping their order within one
+    order = torch.argsort(batch.segments.index.cpu(), stable=True)
+    frac, z = frac[order], z[order]
+    counts = batch.segments.counts().cpu()
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
     out: list[Structure | None] = []
-    for i in range(batch.num_samples):
-        rows = index == i
-        f, zi = frac[rows], z[rows]
+    for i, (start, n) in enumerate(zip(starts, counts.tolist(), strict=True)):
+        f, zi = frac[start:start + n], z[start:start + n]
         values = torch.cat([lengths[i], angles[i], f.flatten()])
         if not bool(torch.isfinite(values).all()) or bool((lengths[i] <= 0).any()):
             out.append(None)
