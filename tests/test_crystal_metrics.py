@@ -72,10 +72,19 @@ def test_template_baseline_relabels_a_training_crystal_of_the_same_pattern():
     assert out[1] is None, "no training crystal with a one-element pattern"
     assert out[0].composition == bazro3.composition
     assert match_rms(out[0], bazro3) is not None
+    # default: the lattice of a training crystal with the same atom count
     rand = random_structures([bazro3.composition], training, seed=1)[0]
     assert rand.composition == bazro3.composition
+    assert rand.lattice == srtio3(4.1).lattice
+    # no training crystal of 3 atoms: the closest count's lattice, scaled to the mean volume
     per_atom = (srtio3(4.1).volume / 5 + 5.6**3 / 2) / 2
-    assert rand.volume == pytest.approx(5 * per_atom, rel=1e-9)
+    li2o = Structure(Lattice.cubic(3), ["Li", "Li", "O"], [[0, 0, 0], [0.5, 0.5, 0.5],
+                                                            [0.5, 0, 0]]).composition
+    assert random_structures([li2o], training)[0].volume == pytest.approx(3 * per_atom)
+    cubic = random_structures([bazro3.composition], training, seed=1, lattice="cubic")[0]
+    assert cubic.volume == pytest.approx(5 * per_atom, rel=1e-9)
+    with pytest.raises(ValueError, match="lattice must be"):
+        random_structures([bazro3.composition], training, lattice="hexagonal")
 
 
 def test_parallel_matching_and_timeouts_give_the_same_answer():

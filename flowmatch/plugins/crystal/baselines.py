@@ -1,7 +1,8 @@
 """No-learning CSP baselines, reported beside every model number (crystal-protocol notes).
 
-* :func:`random_structures` — uniform fractional coordinates in a cubic cell whose volume per
-  atom is the training set's mean.
+* :func:`random_structures` — uniform fractional coordinates in the lattice of a random training
+  crystal with the same atom count (or, with ``lattice="cubic"``, a cubic cell of the training
+  set's mean volume per atom).
 * :func:`template_structures` — copy a random training crystal with the same stoichiometry
   pattern (the sorted element counts), relabel its species by (count, electronegativity)
   order, keep its lattice and coordinates. On perov-5 this matches about half the test set,
@@ -58,15 +59,35 @@ def template_structures(compositions: Sequence[Composition], training: Sequence[
 
 
 def random_structures(compositions: Sequence[Composition], training: Sequence[Structure], *,
-                      seed: int = 0) -> list[Structure]:
-    """Uniform coordinates in a cubic cell of the training set's mean volume per atom."""
+                      seed: int = 0, lattice: str = "training") -> list[Structure]:
+    """Uniform fractional coordinates in a cell of the right size.
+
+    ``lattice="training"`` (the issue's and the notes' definition): the lattice of a random
+    training crystal with the same atom count (with none, the closest count's, scaled to the
+    training mean volume per atom). ``"cubic"``: a cubic cell of that mean volume per atom.
+    """
     from pymatgen.core import Lattice, Structure
 
+    if lattice not in ("training", "cubic"):
+        raise ValueError(f"lattice must be 'training' or 'cubic', got {lattice!r}")
+    if not training:
+        raise ValueError("random_structures needs at least one training structure")
     rng = np.random.default_rng(seed)
     per_atom = float(np.mean([s.volume / len(s) for s in training]))
+    by_size: dict[int, list[Structure]] = defaultdict(list)
+    for s in training:
+        by_size[len(s)].append(s)
     out = []
     for comp in compositions:
         species = [el for el in comp.elements for _ in range(int(round(comp[el])))]
-        side = (per_atom * len(species)) ** (1 / 3)
-        out.append(Structure(Lattice.cubic(side), species, rng.random((len(species), 3))))
+        n = len(species)
+        if lattice == "cubic":
+            cell = Lattice.cubic((per_atom * n) ** (1 / 3))
+        else:
+            size = min(by_size, key=lambda m: (abs(m - n), m))
+            pool = by_size[size]
+            cell = pool[int(rng.integers(len(pool)))].lattice
+            if size != n:
+                cell = cell.scale(per_atom * n)
+        out.append(Structure(cell, species, rng.random((n, 3))))
     return out

@@ -130,6 +130,19 @@ def element_tokens(elements: Sequence[str]) -> Tensor:
     return torch.tensor(sorted(set(tokens)), dtype=torch.long)
 
 
+class _CountCalls(torch.nn.Module):
+    """Pass-through that advances a progress bar by one per network call."""
+
+    def __init__(self, field: torch.nn.Module, bar: Any) -> None:
+        super().__init__()
+        self.field, self.bar = field, bar
+
+    def forward(self, x: ProductPoint, t: Tensor) -> dict[str, Tensor]:
+        out = self.field(x, t)
+        self.bar.update(1)
+        return out
+
+
 class AllowedElements(torch.nn.Module):
     """Restrict a de novo field's type posterior to some elements (logits −inf elsewhere)."""
 
@@ -262,16 +275,20 @@ class CrystalFlow:
     @torch.no_grad()
     def sample(self, types: Sequence[Tensor] | ProductPoint, *, steps: int = 100,
                method: str = "euler", anneal_slope: float = 0.0, time_power: float = 1.0,
-               elements: Tensor | None = None,
+               elements: Tensor | None = None, progress: bool = False,
                generator: torch.Generator | None = None) -> ProductPoint:
         """Integrate the flow from noise to crystals with the given atom types.
 
         ``steps`` steps of ``method`` on the grid t_i = 1 − (1 − i/steps)^``time_power``:
         uniform for 1, denser near the data (t = 1, where positions are decided) for > 1.
         ``anneal_slope`` scales the coordinate velocity by 1 + slope·t; ``elements`` (type
-        tokens, de novo only) are the only types the type posterior may choose.
+        tokens, de novo only) are the only types the type posterior may choose; ``progress``
+        shows a bar of network calls. Runs on the network's device.
         """
+        from tqdm.auto import tqdm
+
         from flowmatch.solvers import ProductSolver
+        from flowmatch.solvers.engine import TABLEAUX
 
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -280,11 +297,16 @@ class CrystalFlow:
         field = AnnealedCoordinates(self.net, anneal_slope) if anneal_slope else self.net
         if elements is not None:
             field = AllowedElements(field, elements)
+        if method not in TABLEAUX:
+            raise ValueError(f"method must be one of {sorted(TABLEAUX)}, got {method!r}")
         x0 = self.base_like(types, generator=generator)
-        solver = ProductSolver(field, self.geometry, self.path)
-        u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-        grid = 1 - (1 - u) ** time_power
-        out = solver.sample(x0, time_grid=grid, method=method, generator=generator)
+        calls = steps * TABLEAUX[method].stages
+        with tqdm(total=calls, disable=not progress, desc="sampling", unit="call",
+                  leave=False) as bar:
+            solver = ProductSolver(_CountCalls(field, bar), self.geometry, self.path)
+            u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+            grid = 1 - (1 - u) ** time_power
+            out = solver.sample(x0, time_grid=grid, method=method, generator=generator)
         self.nfe = solver.nfe
         return out
 

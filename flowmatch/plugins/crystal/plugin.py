@@ -91,6 +91,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     gen.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     gen.add_argument("--threads", type=_positive_int, default=None,
                      help="torch CPU threads (default: torch's choice)")
+    gen.add_argument("--device", default="cpu",
+                     help="torch device to sample on: cpu (default), cuda, mps ...")
+    gen.add_argument("--quiet", action="store_true",
+                     help="no progress bar (none is drawn when stderr is not a terminal)")
     gen.set_defaults(func=_cmd_generate)
 
     ev = sub.add_parser(
@@ -138,6 +142,19 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
     return crystal
+
+
+def _usable_device(name: str):
+    """``torch.device(name)`` if a tensor can be made there, else a ValueError naming it."""
+    import torch
+
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"--device {name!r} is not usable here: "
+                         f"{str(err).splitlines()[0]}") from err
+    return device
 
 
 def _positive_int(text: str) -> int:
@@ -216,7 +233,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        flow = CrystalFlow.load(model_path)
+        device = _usable_device(args.device)
+    except ValueError as err:
+        return _fail("generate", err)
+    try:
+        flow = CrystalFlow.load(model_path).to(device)
         if args.de_novo:
             if flow.task != "de_novo":
                 raise ValueError(f"model {str(model_path)!r} predicts structures for a given "
@@ -246,7 +267,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     options = {"steps": steps, "method": args.method, "anneal_slope": slope,
                "time_power": float(flow.info.get("time_power", 1.0)),
-               "generator": torch.Generator().manual_seed(args.seed)}
+               "progress": not args.quiet and sys.stderr.isatty(),
+               "generator": torch.Generator(device=device).manual_seed(args.seed)}
     if args.de_novo:
         batch = flow.sample_de_novo(args.num_samples, **options,
                                     elements=None if allowed is None else args.elements.split(","))
@@ -431,11 +453,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:
-        return _fail("train", f"--device {args.device!r} is not usable here: "
-                     f"{str(err).splitlines()[0]}")
+        device = _usable_device(args.device)
+    except ValueError as err:
+        return _fail("train", err)
     try:
         data = CrystalSet.concat([load_cdvae_csv(d, progress=not args.quiet)
                                   for d in args.data])
