@@ -30,6 +30,7 @@ from flowmatch.paths.base import ProbPath
 from flowmatch.paths.marginal import marginal_velocity, supports_marginal_velocity
 from flowmatch.paths.mixture import MixtureDiscretePath
 from flowmatch.paths.product import ProductPath
+from flowmatch.training import distributed as _distributed
 from flowmatch.training.checkpoint import load_checkpoint, save_checkpoint
 from flowmatch.training.discrete_loss import discrete_cross_entropy
 from flowmatch.training.ema import EMA
@@ -108,6 +109,14 @@ def lr_at(step: int, *, lr: float, steps: int | None, schedule: str | Callable[[
     if warmup_steps:
         return float(lr * min(1.0, (step + 1) / warmup_steps) * factor)
     return float(lr * factor)
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """A seed for torch's global RNG on ``rank``: distinct per rank and unrelated to the
+    stream ``seed`` gives fit's own generator (random.Random hashes the string with SHA-512)."""
+    import random
+
+    return random.Random(f"flowmatch.fit/{seed}/rank {rank}").getrandbits(63)
 
 
 def _describe(value: Any) -> Any:
@@ -266,6 +275,9 @@ def fit(
     log_every: int = 100,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    grad_accum_steps: int = 1,
+    distributed: bool | None = None,
+    ddp_options: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train a velocity field (or a posterior over tokens) by flow matching; return a
     :class:`FitResult`.
@@ -303,6 +315,22 @@ def fit(
     its state, the model, the optimizer, the EMA and torch's global RNG state are
     checkpointed, so a run resumed from a checkpoint reproduces the uninterrupted run's losses
     exactly (on the same device and software).
+
+    Data parallel (``torchrun --nproc_per_node N``, or a process group the caller initialised;
+    see :mod:`flowmatch.training.distributed`): the model is wrapped in
+    ``DistributedDataParallel`` and ``batch_size`` is the *global* batch. Every rank draws
+    the whole batch's randomness from the same seeded stream — data, noise, times, path
+    jumps, condition dropout, coupling and marginal targets over the global batch — and
+    trains on its contiguous ``batch_size / N`` samples, so the union of the ranks' shards is
+    exactly what one process draws and the run is the one-process run up to the rounding
+    of float sums (the drawing, not the network, costs N×). Gradients are averaged by DDP,
+    so the update is that of the global mean loss; parameters and the EMA stay identical on
+    every rank. Rank 0 alone shows the progress bar and writes checkpoints (the others wait);
+    a resume reads the checkpoint on rank 0 and broadcasts it, and may use another number of
+    ranks. ``budget_s`` is measured on rank 0 and broadcast each step, so every rank takes
+    the same steps with the same learning rates. ``losses`` are the global means on every
+    rank. torch's global RNG (dropout inside the model) is seeded per rank from ``seed`` and
+    the rank, and checkpointed per rank.
 
     Args:
         steps, batch_size: number of optimiser updates and samples per update.
@@ -345,7 +373,19 @@ def fit(
         progress, log_every: tqdm progress bar, whose loss readout (and the non-finite-loss
             check) happens every ``log_every`` updates so the loop does not synchronise per step.
         device, dtype: move the model there first (default: where the model already is); the
-            data's floating tensors follow.
+            data's floating tensors follow. Data-parallel, "cuda" means ``cuda:LOCAL_RANK``.
+        grad_accum_steps: split each update's batch into this many micro-batches whose
+            gradients add up (each rank's share, when data-parallel; DDP synchronises on the
+            last only); the update equals one batch of ``batch_size`` up to float rounding,
+            with the activations of ``batch_size / grad_accum_steps`` samples (per rank).
+            ``batch_size`` must be divisible by ``grad_accum_steps`` × the number of ranks.
+        distributed: None (default) trains data-parallel when a process group of more than
+            one rank is initialised or torchrun's environment (``WORLD_SIZE`` > 1) asks for
+            one, which fit then initialises (:func:`flowmatch.training.distributed.setup`);
+            False trains alone in each process; True requires a process group.
+        ddp_options: keyword arguments for ``DistributedDataParallel`` (e.g.
+            ``find_unused_parameters=True`` for a model some of whose parameters get no
+            gradient); ignored in a single process.
 
     The model is trained in place and left in eval mode.
     """
@@ -416,8 +456,37 @@ def fit(
                          f"tokens and the cross-entropy's vocabulary); got {geometry!r}")
     if marginal_target is not None:
         _check_marginal_target(marginal_target, path, geometry, coupling)
+    if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) \
+            or grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps must be a positive integer, got "
+                         f"{grad_accum_steps!r}")
+    if distributed not in (None, True, False):
+        raise ValueError(f"distributed must be None (automatic), True or False, got "
+                         f"{distributed!r}")
+    if ddp_options is not None and not isinstance(ddp_options, Mapping):
+        raise TypeError(f"ddp_options must be a mapping of DistributedDataParallel keyword "
+                        f"arguments or None, got {type(ddp_options).__name__}")
 
     started = time.perf_counter()
+    run = None
+    if distributed is not False:
+        if device is None:
+            first = next(model.parameters(), None)
+            where = first.device if first is not None else None
+        else:
+            where = torch.device(device)
+        run = _distributed.setup(where, required=distributed is True)
+        if run is not None:
+            device = run.device
+    world, rank = (run.world_size, run.rank) if run is not None else (1, 0)
+    shards = world * grad_accum_steps
+    if batch_size % shards:
+        raise ValueError(
+            f"batch_size={batch_size} (the global batch) must be divisible by "
+            f"{'the number of ranks × ' if world > 1 else ''}grad_accum_steps = "
+            + (f"{world} × " if world > 1 else "") + f"{grad_accum_steps}, the number of "
+            "micro-batches it is split into")
+    shard_size = batch_size // shards
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     first = next(model.parameters(), None)
@@ -434,6 +503,16 @@ def fit(
     # tokens stay integers; for a continuous geometry any tensor data is cast as before
     cast_data = not getattr(geometry, "is_discrete", False)
 
+    net: nn.Module = model  # what the loop calls: DDP around the model when data-parallel
+    if run is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # device_ids stays None: DDP would otherwise rebuild mapping inputs as plain dicts on
+        # the way in (losing a ProductPoint's segments); fit's inputs are on the device already.
+        # Wrapping broadcasts rank 0's parameters, so the EMA below starts from them everywhere.
+        net = DistributedDataParallel(model, **dict(ddp_options or {}))
+        # model-internal randomness (dropout) must differ between ranks, reproducibly
+        torch.manual_seed(_rank_seed(seed, rank))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     ema = EMA(model, ema_decay, warmup=bool(ema_warmup) and not callable(ema_decay)) \
         if ema_decay is not None else None
@@ -446,13 +525,32 @@ def fit(
               "cond_dropout": float(cond_dropout),
               "marginal_target": _describe(marginal_target), "loss": _describe(loss),
               "loss_weights": _describe(dict(loss_weights)) if loss_weights is not None
-              else None, "rows": rows}
+              else None, "rows": rows,
+              # how the batch was split; a resume may split it differently (same run)
+              "grad_accum_steps": grad_accum_steps, "world_size": world}
 
     losses: list[float] = []
     start = 0
     resumed_from = None
-    if checkpoint_path is not None and resume and os.path.exists(checkpoint_path):
-        state = load_checkpoint(checkpoint_path, map_location=device)
+    state = None
+    if checkpoint_path is not None and resume:
+        if run is None:
+            if os.path.exists(checkpoint_path):
+                state = load_checkpoint(checkpoint_path, map_location=device)
+        else:
+            # rank 0 reads it (no shared file system needed) and sends it to the others; on
+            # the CPU, so no rank allocates on another rank's GPU
+            loaded: Any = None
+            if rank == 0 and os.path.exists(checkpoint_path):
+                try:
+                    loaded = load_checkpoint(checkpoint_path, map_location="cpu")
+                except (OSError, ValueError) as err:
+                    loaded = err
+            loaded = _distributed.broadcast_object(loaded)
+            if isinstance(loaded, Exception):
+                raise loaded
+            state = loaded
+    if state is not None:
         if state.get("format") != _FORMAT:
             raise ValueError(f"checkpoint {str(checkpoint_path)!r} was not written by fit() "
                              f"(format {state.get('format')!r}, expected {_FORMAT!r})")
@@ -470,18 +568,31 @@ def fit(
         if ema is not None:
             ema.load_state_dict(state["ema"])
         generator.set_state(state["generator"].cpu())  # RNG states are CPU byte tensors
-        torch.set_rng_state(state["torch_rng"].cpu())
+        per_rank = state.get("torch_rng_per_rank")
+        if per_rank is not None and rank < len(per_rank):
+            torch.set_rng_state(per_rank[rank].cpu())
+        elif rank == 0:  # another number of ranks: the others keep their fresh per-rank seeds
+            torch.set_rng_state(state["torch_rng"].cpu())
         losses = state["losses"].tolist()
         start = resumed_from = int(state["step"])
+        del state
 
     def save(step: int) -> None:
-        save_checkpoint(checkpoint_path, {
-            "format": _FORMAT, "step": step, "config": config,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "losses": torch.tensor(losses, dtype=torch.float64),
-        })
+        if run is None:
+            per_rank = None
+        else:  # a collective: every rank reaches each save at the same step
+            per_rank = _distributed.gather_objects([torch.get_rng_state()])
+        if rank == 0:
+            save_checkpoint(checkpoint_path, {
+                "format": _FORMAT, "step": step, "config": config,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "losses": torch.tensor(losses, dtype=torch.float64),
+                **({"torch_rng_per_rank": per_rank} if per_rank is not None else {}),
+            })
+        if run is not None:
+            _distributed.barrier()  # nobody runs ahead of (or exits before) the write
 
     def validate_batch(x1: Batch) -> None:
         what = "sample_data(...) output"
@@ -556,14 +667,13 @@ def fit(
         return torch.where(keep, u, sample.dx_t)
 
     def loss_of(prediction: Any, sample: Any) -> Tensor:
+        # with marginal_target, sample.dx_t is already the marginal target (see `targeted`)
         if loss is not None:
-            if marginal_target is not None:
-                sample = dataclasses.replace(sample, dx_t=target_of(sample))
             value = loss(prediction, sample, geometry)
-            if not torch.is_tensor(value) or value.shape not in ((), (batch_size,)):
+            if not torch.is_tensor(value) or value.shape not in ((), (shard_size,)):
                 got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
                 raise ValueError(f"loss must return a scalar tensor or one loss per sample "
-                                 f"[{batch_size}], got {got}")
+                                 f"[{shard_size}], got {got}")
             return value.mean() if value.dim() else value
         if isinstance(sample, Mapping):  # a ProductPathSample: one loss over the factors
             if not isinstance(geometry, Product):
@@ -578,7 +688,14 @@ def fit(
                 "velocity target (a discrete path): give geometry=Discrete(...) for the "
                 "cross-entropy on its tokens, or a loss="
             )
-        return cfm_loss(prediction, target_of(sample), geometry, sample.x_t)
+        return cfm_loss(prediction, sample.dx_t, geometry, sample.x_t)
+
+    def targeted(sample: Any) -> Any:
+        """The path sample with its regression target: the marginal one, over the global
+        batch (the reference set is the whole batch's x1), with ``marginal_target``."""
+        if marginal_target is None:
+            return sample
+        return dataclasses.replace(sample, dx_t=target_of(sample))
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -587,8 +704,14 @@ def fit(
     def flush(step: int) -> None:
         if not pending:
             return
-        values = torch.stack(pending).tolist()
+        stacked = torch.stack(pending)
         pending.clear()
+        if run is not None:  # a collective: every rank flushes at the same steps
+            import torch.distributed as dist
+
+            dist.all_reduce(stacked)
+            stacked = stacked / world
+        values = stacked.tolist()
         bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(
@@ -599,39 +722,69 @@ def fit(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, initial=start, disable=not progress, desc="fit", leave=False)
+    def micro_step(sample: Any, kwargs: dict[str, Tensor], j: int, last: bool) -> Tensor:
+        """Forward and backward of micro-batch j of the global batch (samples
+        [j · shard_size, (j + 1) · shard_size)); the loss, detached."""
+        lo = j * shard_size
+        part = _distributed.take_samples(sample, lo, lo + shard_size)
+        part_kwargs = {k: _distributed.take_samples(v, lo, lo + shard_size)
+                       for k, v in kwargs.items()}
+        # DDP all-reduces the gradients in the backward of the last micro-batch only
+        sync = contextlib.nullcontext() if last or run is None else net.no_sync()
+        with sync:
+            value = loss_of(net(part.x_t, part.t, **part_kwargs), part)
+            (value / grad_accum_steps).backward()
+        return value.detach()
+
+    def stop_progress(step: int) -> tuple[bool, float | None]:
+        """Whether to stop before update ``step``, and the run's progress for the schedule."""
+        if budget_s is None:
+            return step >= steps, None  # lr_at: step / steps (a named schedule: its own form)
+        run_progress = (time.perf_counter() - clock) / budget_s
+        if run is not None:  # rank 0's clock decides for everyone
+            import torch.distributed as dist
+
+            box = torch.tensor([run_progress], dtype=torch.float64)
+            dist.broadcast(box, src=0, group=run.cpu_group)
+            run_progress = float(box)
+        return run_progress >= 1 or (steps is not None and step >= steps), run_progress
+
+    bar = tqdm(total=steps, initial=start, disable=not progress or rank != 0, desc="fit",
+               leave=False)
     clock = time.perf_counter()
     step = start
     try:
         while True:
-            if budget_s is not None:
-                run_progress: float | None = (time.perf_counter() - clock) / budget_s
-                if run_progress >= 1 or (steps is not None and step >= steps):
-                    break
-            else:
-                if step >= steps:
-                    break
-                run_progress = None  # lr_at: step / steps (a named schedule: its own form)
+            stop, run_progress = stop_progress(step)
+            if stop:
+                break
+            lr_now = lr_at(step, lr=lr, steps=steps, schedule=lr_schedule,
+                           warmup_steps=warmup_steps, progress=run_progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            optimizer.zero_grad(set_to_none=True)
             # the first update validates its inputs; later ones skip the per-step checks (each
             # is a device synchronisation) since the data source and shapes are now known
             with no_validation() if step > start else contextlib.nullcontext():
                 x0, x1, t, kwargs = draw_batch(validate=step == start)
                 sample = path.sample(x0, x1, t, generator=generator) if random_path \
                     else path.sample(x0, x1, t)
-                prediction = model(sample.x_t, sample.t, **kwargs)
-                value = loss_of(prediction, sample)
-            lr_now = lr_at(step, lr=lr, steps=steps, schedule=lr_schedule,
-                           warmup_steps=warmup_steps, progress=run_progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
+                sample = targeted(sample)
+                if shards == 1:  # the whole batch at once, as before micro-batches existed
+                    value = loss_of(model(sample.x_t, sample.t, **kwargs), sample)
+                    value.backward()
+                    value = value.detach()
+                else:  # this rank's micro-batches: rank-major, contiguous
+                    parts = [micro_step(sample, kwargs, rank * grad_accum_steps + m,
+                                        m == grad_accum_steps - 1)
+                             for m in range(grad_accum_steps)]
+                    value = parts[0] if len(parts) == 1 else torch.stack(parts).mean()
             if grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
             if ema is not None:
                 ema.update(model)
-            pending.append(value.detach())
+            pending.append(value)
             done = step + 1
             if done % log_every == 0 or done == steps:
                 flush(done)
