@@ -316,3 +316,42 @@ def test_single_process_helpers_and_errors(monkeypatch):
     alone = fit(mlp(), data, CondOTPath(), steps=2, batch_size=64, distributed=False,
                 progress=False)
     assert alone.steps == 2
+
+
+# -- the real launcher ---------------------------------------------------------------------------
+TORCHRUN_SCRIPT = '''
+import sys
+import torch
+from flowmatch.data import EightGaussians
+from flowmatch.models import MLP
+from flowmatch.paths import CondOTPath
+from flowmatch.training import distributed, fit
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+result = fit(MLP(2, 32, 2), EightGaussians().sample, CondOTPath(), steps=20, batch_size=64,
+             lr=1e-2, ema_decay=0.9, warmup_steps=3, seed=7, progress=False, log_every=5)
+torch.save([p.detach() for p in result.model.parameters()],
+           f"{sys.argv[1]}/rank{distributed.get_rank()}.pt")
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_torchrun_runs_fit_unchanged(tmp_path):
+    # measured: 9 s on 2 loaded cores (torchrun and two ranks each import torch)
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script),
+                           str(tmp_path)], capture_output=True, text=True, timeout=280, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert all(torch.equal(p, q) for p, q in zip(*ranks, strict=True))
+    kw = {k: v for k, v in MLP_KW.items() if k != "lr_schedule"}
+    one = fit(mlp(), EightGaussians().sample, CondOTPath(), **kw)
+    assert _max_diff(ranks[0], list(one.model.parameters())) < 1e-5

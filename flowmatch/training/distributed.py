@@ -55,6 +55,7 @@ class DistributedRun:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the rank that logs and writes checkpoints."""
         return self.rank == 0
 
 
