@@ -468,7 +468,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         seed=args.seed, time_power=args.time_power, device=device,
                         budget_s=args.budget,
                         progress=not args.quiet and sys.stderr.isatty())
-    flow.save(out)
-    print(f"trained on {len(data)} crystals for {result.steps} steps in {result.seconds:.0f} s "
-          f"on {device}; wrote {out}")
+    from flowmatch.training.distributed import is_main_process
+
+    if is_main_process():  # under torchrun every rank holds the same weights: one writes
+        flow.save(out)
+        print(f"trained on {len(data)} crystals for {result.steps} steps in "
+              f"{result.seconds:.0f} s on {device}; wrote {out}")
     return 0

@@ -247,6 +247,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         "final_loss": final_loss, "parameters": params,
                         "threads": torch.get_num_threads(), "flowmatch": str(__version__),
                         "torch": str(torch.__version__)}}
+    from flowmatch.training.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun every rank holds the same weights: one writes
+        return 0
     save_bouncing_checkpoint(out, result.ema, config)
     print(f"trained {result.steps} steps in {time.perf_counter() - started:.1f} s ({params} "
           f"parameters, threads {torch.get_num_threads()}); training loss "
