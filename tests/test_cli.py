@@ -93,7 +93,15 @@ def test_demo_trains_samples_and_writes_a_png(tmp_path):
     # mode counts differ)
     assert 0 < floor < noise
     assert w2 < 0.6 * noise
-    assert str(png) in out.stdout
+    assert out.stdout.rstrip().splitlines()[-1] == f"wrote {png}"  # the output path comes last
+    # the picture states W2 beside the data-vs-data baseline (also in its text chunk)
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert image.size == (800, 480)
+        caption = image.text["Description"]
+    assert f"W2(samples, data) = {w2:.3f}" in caption
+    assert f"W2(data, data) = {floor:.3f}" in caption and "n = 500" in caption
 
 
 def test_demo_rejects_bad_arguments(capsys):
@@ -165,3 +173,60 @@ def test_video_schedule_rejects_bad_numbers_in_one_line(capsys):
         assert cli.main(["video", "schedule", *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith("flowmatch video schedule: error:") and err.count("\n") == 1
+
+
+def _subcommands(parser):
+    """(name, parser) of every subcommand below ``parser``, depth first."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                for inner, subsub in _subcommands(sub):
+                    yield f"{name} {inner}", subsub
+
+
+def test_every_core_and_video_command_has_examples_and_every_option_a_help():
+    import argparse
+
+    parser = cli.build_parser()
+    assert "examples:" in (parser.epilog or "")
+    commands = dict(_subcommands(parser))
+    ours = {n: p for n, p in commands.items() if n.split()[0] in ("demo", "video")}
+    assert {"demo", "video", "video schedule", "video bouncing", "video train",
+            "video sample"} <= set(ours)
+    for name, sub in ours.items():
+        assert "examples:" in (sub.epilog or ""), name
+        assert f"flowmatch {name}" in sub.epilog, name  # the examples run this very command
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+    for name in ("demo", "video train", "video sample"):
+        options = {o for a in ours[name]._actions for o in a.option_strings}
+        assert {"--device", "--seed", "--dtype", "--quiet"} <= options, name
+
+
+def test_demo_bad_dtype_is_one_line_and_exit_2(tmp_path, capsys):
+    started = time.perf_counter()
+    assert cli.main(["demo", "--dtype", "half", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == "flowmatch demo: error: --dtype must be one of float32, float64, got 'half'\n"
+    assert time.perf_counter() - started < 30, "rejected before any training"
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_demo_progress_bar_on_a_terminal_only_and_never_with_quiet(tmp_path, capsys,
+                                                                   monkeypatch):
+    args = ["demo", "--dataset", "moons", "--steps", "20", "--hidden", "16", "--layers", "2",
+            "--samples", "100", "--ode-steps", "2", "--out", str(tmp_path / "d.png")]
+    assert cli.main(args) == 0  # stderr captured: not a terminal, so no bar
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli.main([*args, "--dtype", "float64"]) == 0
+    captured = capsys.readouterr()
+    assert "fit:" in captured.err and "/20 [" in captured.err  # tqdm's bar over 20 steps
+    assert "in float64" in captured.out
+    assert cli.main([*args, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
