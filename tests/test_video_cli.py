@@ -15,6 +15,7 @@ import torch
 
 from flowmatch import cli
 from flowmatch.plugins.video import VideoVelocityNet, bouncing_shapes
+from flowmatch.plugins.video.plugin import read_strip_layout, save_strip
 from flowmatch.plugins.video.training import (
     CHECKPOINT_FORMAT,
     build_net,
@@ -52,7 +53,8 @@ def _table(text: str) -> dict[str, list[float]]:
 
 def test_train_writes_a_weights_only_checkpoint_atomically(trained):
     path, printed = trained
-    assert "trained 30 steps" in printed and str(path) in printed
+    assert "trained 30 steps" in printed
+    assert printed.rstrip().splitlines()[-1] == f"wrote {path}"  # the output path comes last
     assert os.listdir(path.parent) == [path.name]  # the temporary file was renamed, not left
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert set(state) == {"format", "config", "state_dict"}
@@ -77,7 +79,14 @@ def test_sample_writes_png_and_gif_and_prints_physics_next_to_data(trained, tmp_
                      "--gif", str(gif), "--num", "3", "--steps", "2", "--threads", "1"])
     assert code == 0
     out = capsys.readouterr().out
-    assert mpimg.imread(png).shape[:2] == (3 * 8, 4 * 8)  # rows = clips, columns = frames
+    # rows = clips, columns = frames, each 8 px frame enlarged 8× to 64 px, with room for labels
+    layout = read_strip_layout(png)
+    assert (layout.clips, layout.frames, layout.scale, layout.cell_h) == (3, 4, 8, 64)
+    image = mpimg.imread(png)
+    assert image.shape[:2] == (layout.height, layout.width)
+    assert layout.left > 0 and layout.top > 0  # the row and frame labels' margins
+    assert (image[:layout.top] < 0.5).any() and (image[:, :layout.left] < 0.5).any()
+    assert out.rstrip().splitlines()[-1] == f"wrote {png} and {gif}"  # paths printed last
     assert gif.read_bytes()[:4] == b"GIF8"
     assert "heun, 2 steps (3 network calls)" in out  # Heun's last step is Euler
     rows = _table(out)
@@ -103,9 +112,12 @@ def test_first_frame_from_data_keeps_the_real_first_frame(trained, tmp_path, cap
     # frame 0 equal to theirs (up to the PNG's 8-bit colour map: measured 1.45/255)
     real = bouncing_shapes(2, num_frames=4, size=8, radius=(1.0, 1.5),
                            generator=torch.Generator().manual_seed(7)).video
-    strip = torch.from_numpy(mpimg.imread(png)[..., 0].copy())  # gray: R = G = B
-    frame0 = strip.reshape(2, 8, 4, 8)[:, :, 0]  # [clip, row, frame, column] → frame 0
-    assert torch.allclose(frame0, ((real[:, 0, 0] + 1) / 2).clamp(0, 1), atol=2 / 255)
+    strip = torch.from_numpy(mpimg.imread(png).copy())  # gray levels in [0, 1]
+    layout = read_strip_layout(png)
+    for clip in range(2):
+        y0, x0, y1, x1 = layout.box(clip, 0)
+        frame0 = strip[y0:y1:layout.scale, x0:x1:layout.scale]  # one pixel per enlarged square
+        assert torch.allclose(frame0, ((real[clip, 0, 0] + 1) / 2).clamp(0, 1), atol=1 / 255)
 
 
 def test_first_frame_from_data_uses_a_mask_conditioned_net_per_frame(tmp_path, capsys):
@@ -167,3 +179,76 @@ def test_video_help_does_not_import_torch():
     assert out.returncode == 0, out.stderr
     assert "--first-frame-from-data" in out.stdout and "--temporal-dilations" in out.stdout
     assert "TORCH False" in out.stdout
+
+
+def test_save_strip_enlarges_frames_labels_them_and_records_where_they_are(tmp_path):
+    import matplotlib.image as mpimg
+
+    g = torch.Generator().manual_seed(0)
+    video = torch.rand(2, 1, 3, 4, 5, generator=g) * 2 - 1  # 2 clips, 3 frames of 4 × 5 px
+    png = tmp_path / "strip.png"
+    layout = save_strip(video, png, title="a title")
+    assert read_strip_layout(png) == layout
+    assert layout.scale == 13  # the smallest factor that makes the longer side ≥ 64 px
+    image = torch.from_numpy(mpimg.imread(png).copy())
+    assert tuple(image.shape) == (layout.height, layout.width)
+    expected = ((video[:, 0] + 1) / 2 * 255).round() / 255
+    for clip in range(2):
+        for frame in range(3):
+            y0, x0, y1, x1 = layout.box(clip, frame)
+            block = image[y0:y1, x0:x1]
+            assert block.shape == (4 * 13, 5 * 13)
+            # nearest neighbour: every enlarged pixel is one flat 13 × 13 square of its value
+            want = expected[clip, frame].repeat_interleave(13, 0).repeat_interleave(13, 1)
+            assert torch.allclose(block, want, atol=1e-6)
+    # the labels are drawn in the margins (black text on white)
+    assert (image[:layout.top, layout.left:] < 0.5).any()  # title and frame labels
+    assert (image[layout.top:, :layout.left] < 0.5).any()  # row labels
+    with pytest.raises(ValueError, match="row_labels must have 2 entries"):
+        save_strip(video, tmp_path / "bad.png", row_labels=["only one"])
+    plain = tmp_path / "plain.png"
+    import matplotlib.pyplot as plt
+
+    plt.imsave(plain, video[0, 0, 0].numpy(), cmap="gray")
+    with pytest.raises(ValueError, match="not written by save_strip"):
+        read_strip_layout(plain)
+
+
+def test_bad_dtype_and_device_give_one_line_errors_before_any_work(trained, tmp_path, capsys):
+    ckpt, png = str(tmp_path / "m.pt"), str(tmp_path / "s.png")
+    for argv in (["video", "train", "--out", ckpt, *TINY],
+                 ["video", "sample", "--model", str(trained[0]), "--out", png]):
+        assert cli.main([*argv, "--dtype", "float16"]) == 2
+        err = capsys.readouterr().err
+        assert "--dtype must be one of float32, float64, got 'float16'" in err
+        assert err.count("\n") == 1
+        assert cli.main([*argv, "--device", "banana"]) == 2
+        err = capsys.readouterr().err
+        assert "--device 'banana' is not usable here" in err and err.count("\n") == 1
+    assert not os.path.exists(ckpt) and not os.path.exists(png)
+
+
+def test_float64_and_quiet_and_progress_bars(trained, tmp_path, capsys, monkeypatch):
+    # progress bars are drawn only on a terminal: pretend stderr is one
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    ckpt = tmp_path / "f64.pt"
+    args = ["video", "train", "--out", str(ckpt), "--steps", "3", "--threads", "1", *TINY]
+    assert cli.main([*args, "--dtype", "float64"]) == 0
+    captured = capsys.readouterr()
+    assert "fit:" in captured.err and "/3 [" in captured.err  # the training bar
+    assert "float64" in captured.out
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["config"]["train"]["dtype"] == "float64"
+    assert all(v.dtype == torch.float64 for v in state["state_dict"].values()
+               if v.is_floating_point())
+    assert cli.main([*args, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    png = tmp_path / "s.png"
+    sample = ["video", "sample", "--model", str(trained[0]), "--out", str(png), "--num", "2",
+              "--steps", "2", "--threads", "1", "--dtype", "float64"]
+    assert cli.main(sample) == 0
+    captured = capsys.readouterr()
+    assert "sample:" in captured.err and "/3 [" in captured.err  # Heun: 3 network calls
+    assert "in float64" in captured.out
+    assert cli.main([*sample, "-q"]) == 0
+    assert capsys.readouterr().err == ""

@@ -93,6 +93,8 @@ def train_bouncing(
     seed: int = 0,
     budget_s: float | None = None,
     progress: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> BouncingTrainResult:
     """Train ``net`` in place by flow matching on fresh bouncing-disc clips every step.
 
@@ -106,7 +108,10 @@ def train_bouncing(
     then ``steps`` is ignored and the result depends on machine load. AdamW without weight
     decay, the gradient norm clipped at 1. The EMA decay at step n is
     min(ema, (1 + n)/(10 + n)), a short warm-up of the average. ``progress`` shows a tqdm bar.
-    ``net`` is left in eval mode.
+    ``device`` and ``dtype`` move ``net`` (and the batches) there, as in :func:`fit`; the
+    generator then lives on ``device``, and on a device other than the CPU each batch of
+    clips is drawn on the CPU from a generator seeded by it (so a CUDA run is reproducible
+    but draws other clips than a CPU run). ``net`` is left in eval mode.
 
     Raises ``FloatingPointError`` as soon as a loss is not finite.
     """
@@ -122,6 +127,11 @@ def train_bouncing(
         raise ValueError(f"ema must lie in [0, 1), got {ema}")
 
     def clips(n: int, generator: torch.Generator) -> torch.Tensor:
+        if generator.device.type != "cpu":
+            # bouncing_shapes draws on the CPU: seed a CPU generator from the device's stream
+            seed_ = int(torch.randint(2**62, (1,), generator=generator,
+                                      device=generator.device))
+            generator = torch.Generator().manual_seed(seed_)
         return bouncing_shapes(n, num_frames=frames, size=size, num_objects=objects,
                                radius=radius, generator=generator).video
 
@@ -146,7 +156,7 @@ def train_bouncing(
                  batch_size=int(batch), lr=lr, weight_decay=0.0, ema_decay=ema_decay,
                  grad_clip=1.0, lr_schedule=cosine, warmup_steps=WARMUP_STEPS,
                  time_sampler=times, loss=mse, seed=seed, budget_s=budget_s,
-                 progress=progress, log_every=1)
+                 progress=progress, log_every=1, device=device, dtype=dtype)
     return BouncingTrainResult(result.ema_model, result.steps, result.seconds, result.losses)
 
 
