@@ -21,6 +21,7 @@ import torch
 
 from flowmatch.geometry import ProductPoint, Segments
 from flowmatch.plugins.crystal.equivariant import (
+    EdgeTensorProduct,
     EquivariantCrystalNet,
     lattice_matrix,
     periodic_edges,
@@ -224,3 +225,38 @@ def test_outputs_are_continuous_as_an_image_crosses_the_cutoff(net):
     below = net.cartesian(lat * (1 + lo), *args)["vectors"]
     above = net.cartesian(lat * (1 + hi), *args)["vectors"]
     assert float((below - above).abs().max()) < 1e-9
+
+
+@pytest.mark.parametrize("irreps", ["8x0e", "8x0e+4x1o+2x2e", "5x0e+3x1o"])
+def test_edge_tensor_product_equals_e3nns_tensor_product(irreps):
+    # the specialised product must give the numbers of o3.TensorProduct with the same paths,
+    # weights and normalisation, summed into the receiving atoms
+    from e3nn import o3
+
+    irreps = o3.Irreps(irreps)
+    lmax = irreps.lmax or 2  # scalar inputs: still products with l = 1, 2 harmonics
+    tp = EdgeTensorProduct(irreps, lmax)
+    instructions = []
+    for a, (_, ir) in enumerate(irreps):
+        for l2, _ in tp.paths_of(ir.l, lmax):
+            instructions.append((a, l2, len(instructions), "uvu", True))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # e3nn stores its Wigner 3j in the default dtype
+    try:
+        ref = o3.TensorProduct(irreps, o3.Irreps.spherical_harmonics(lmax), tp.irreps_out,
+                               instructions, shared_weights=False, internal_weights=False)
+    finally:
+        torch.set_default_dtype(default)
+    assert ref.weight_numel == tp.weight_numel
+    g = torch.Generator().manual_seed(12)
+    n, e = 7, 60
+    x = torch.randn(n, irreps.dim, generator=g, dtype=torch.float64)
+    sh = o3.spherical_harmonics(o3.Irreps.spherical_harmonics(lmax),
+                                torch.randn(e, 3, generator=g, dtype=torch.float64),
+                                normalize=True, normalization="component")
+    w = torch.randn(e, tp.weight_numel, generator=g, dtype=torch.float64)
+    i, j = torch.randint(n, (e,), generator=g), torch.randint(n, (e,), generator=g)
+    mine = tp(x, i, j, EdgeTensorProduct.couplings(sh, lmax), w)
+    theirs = torch.zeros(n, tp.irreps_out.dim, dtype=torch.float64).index_add(
+        0, i, ref(x[j], sh, w))
+    assert float((mine - theirs).abs().max()) < 1e-12

@@ -13,12 +13,13 @@ An edge vector d = r_j + n L − r_i (n ∈ Z³) enters through
   that vanishes with two derivatives at the cutoff, so an edge enters or leaves the sphere
   smoothly.
 
-Atom features are e3nn irreps ``C×0e + C/2×1o + C/4×2e`` (``hidden`` = C, up to ``lmax``). A layer
-sums tensor-product messages h_j ⊗ Y(d) (one weight per path and channel, from the radial
-features), mixes them with the atom's own features and the crystal's conditioning (time and
-standardised lattice parameters, scalars), applies a gated nonlinearity and adds the result to
-its input. Heads: a per-atom vector (1o) — a Cartesian velocity v — and, from pooled scalars,
-the 6 lattice-parameter velocities and optionally type logits.
+Atom features are e3nn irreps ``C×0e + C/2×1o + C/4×2e`` (``hidden`` = C, up to ``lmax``).
+A layer sums tensor-product messages h_j ⊗ Y(d) (e3nn's "uvu" paths, one weight per path and
+channel from the radial features; :class:`EdgeTensorProduct`), mixes them with the atom's own
+features and the crystal's conditioning (time and standardised lattice parameters, scalars),
+applies a gated nonlinearity and adds the result to its input. Heads: a per-atom vector
+(1o) — a Cartesian velocity v — and, from pooled scalars, the 6 lattice-parameter velocities
+and optionally type logits.
 
 The Cartesian velocity becomes a fractional one by v_f = v L̃⁻¹ with L̃ = L / |det L|^{1/3}
 (the cell at unit volume, so v has the scale of fractional velocities for any cell size).
@@ -45,7 +46,7 @@ from flowmatch.geometry import ProductPoint, Segments
 from flowmatch.models.embedding import SinusoidalTimeEmbedding
 from flowmatch.plugins.crystal.representation import NUM_ELEMENTS, lattice_from_params
 
-__all__ = ["EquivariantCrystalNet", "lattice_matrix", "periodic_edges"]
+__all__ = ["EdgeTensorProduct", "EquivariantCrystalNet", "lattice_matrix", "periodic_edges"]
 
 _MIN_HEIGHT = 1e-3
 """Smallest c_z / c of a cell built by :func:`lattice_matrix` (see there)."""
@@ -134,41 +135,103 @@ def _envelope(x: Tensor) -> Tensor:
     return 1 - 28 * x6 + 48 * x6 * x - 21 * x6 * x * x
 
 
+class EdgeTensorProduct(nn.Module):
+    """e3nn's ``o3.TensorProduct(irreps_in, sh, out, "uvu" paths, shared_weights=False)`` on
+    the edges, summed into the receiving atoms, for features of natural parity (l, (−1)^l).
+
+    Paths: every (input irrep l₁, harmonic l₂) → l₃ ≤ ``lmax`` with |l₁ − l₂| ≤ l₃ ≤ l₁ + l₂
+    and l₁ + l₂ + l₃ even (so l₃ has natural parity too), in e3nn's instruction order, each
+    with its own output block (``irreps_out``). Edge e = (i ← j) adds
+    √(2l₃+1) · w_{e,u} · Σ_{ab} C^{l₁l₂l₃}_{abc} x_{j,u,a} Y_{e,b} to atom i's block (C = e3nn's
+    Wigner 3j; ``w`` [E, weight_numel] in e3nn's layout): the numbers of e3nn's module (tested).
+    The weight commutes with the contraction, so each input block takes one batched product
+    with the couplings Σ_b C_{abc} Y_{e,b} of all its paths (computed once per forward and
+    shared by the layers, :meth:`couplings`), and features stay [E, mul, 2l+1] blocks instead
+    of one flat [E, dim] tensor sliced per path. Measured on perov-5 batches of 256 (one
+    thread, CPU time of a training step of the whole network, hidden 32 / 64): 0.55 / 1.52 s
+    against 0.62 / 1.92 s with ``o3.TensorProduct``.
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, lmax: int) -> None:
+        super().__init__()
+        self.irreps_in, self.lmax = o3.Irreps(irreps_in), lmax
+        if any(ir.p != (-1) ** ir.l or ir.l > lmax for _, ir in self.irreps_in):
+            raise ValueError(f"irreps_in must have natural parity and l ≤ {lmax}, got "
+                             f"{self.irreps_in}")
+        out, self.block_paths = [], []
+        for mul, ir in self.irreps_in:
+            paths = self.paths_of(ir.l, lmax)
+            self.block_paths.append(paths)
+            out += [(mul, (l3, (-1) ** l3)) for _, l3 in paths]
+        self.irreps_out = o3.Irreps(out)
+        self.weight_numel = sum(mul * len(p) for (mul, _), p in
+                                zip(self.irreps_in, self.block_paths, strict=True))
+
+    @staticmethod
+    def paths_of(l1: int, lmax: int) -> list[tuple[int, int]]:
+        """(l₂, l₃) of the paths from an input of degree l₁, in e3nn's order."""
+        return [(l2, l3) for l2 in range(lmax + 1) for l3 in range(abs(l1 - l2),
+                                                                   min(l1 + l2, lmax) + 1)
+                if (l1 + l2 + l3) % 2 == 0]
+
+    @classmethod
+    def couplings(cls, sh: Tensor, lmax: int) -> list[Tensor]:
+        """For each l₁ ≤ lmax: √(2l₃+1) Σ_b C^{l₁l₂l₃}_{abc} Y_{e,b} of its paths side by side,
+        [E, 2l₁+1, Σ(2l₃+1)] (``sh`` [E, (lmax+1)²] in e3nn's order)."""
+        harmonics = sh.split([2 * l + 1 for l in range(lmax + 1)], dim=1)
+        out = []
+        for l1 in range(lmax + 1):
+            out.append(torch.cat([
+                math.sqrt(2 * l3 + 1) * torch.einsum(
+                    "eb,abc->eac", harmonics[l2],
+                    o3.wigner_3j(l1, l2, l3, dtype=sh.dtype, device=sh.device))
+                for l2, l3 in cls.paths_of(l1, lmax)], dim=2))
+        return out
+
+    def forward(self, x: Tensor, i: Tensor, j: Tensor, couplings: list[Tensor],
+                weights: Tensor) -> Tensor:
+        """x [N, irreps_in.dim] → Σ over edges into each atom [N, irreps_out.dim]."""
+        pieces = x.split([mul * ir.dim for mul, ir in self.irreps_in], dim=1)
+        # split, not slices: a slice's backward fills a zero tensor of the whole [E, width]
+        per_block = weights.split([mul * len(p) for (mul, _), p in
+                                   zip(self.irreps_in, self.block_paths, strict=True)], dim=1)
+        parts = []
+        for piece, w, (mul, ir), paths in zip(pieces, per_block, self.irreps_in,
+                                              self.block_paths, strict=True):
+            xj = piece.reshape(-1, mul, ir.dim)[j]  # [E, mul, 2l1+1]
+            coupling = couplings[ir.l]  # [E, 2l1+1, Σ(2l3+1)]
+            prod = xj * coupling if ir.l == 0 else torch.bmm(xj, coupling)
+            w = w.reshape(-1, len(paths), mul, 1)  # [E, paths, mul, 1]
+            for n, p in enumerate(prod.split([2 * l3 + 1 for _, l3 in paths], dim=2)):
+                agg = p.new_zeros(x.shape[0], mul, p.shape[2]).index_add_(0, i, p * w[:, n])
+                parts.append(agg.flatten(1))
+        return torch.cat(parts, 1)
+
+
 class _Interaction(nn.Module):
     """h_i ← skip(h_i) + Gate(W_self h_i + W_msg Σ_j h_j ⊗_{w(|d_ij|)} Y(d_ij) / √k + W_c c_i)."""
 
-    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, irreps_sh: o3.Irreps,
+    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, lmax: int,
                  num_basis: int, radial_hidden: int, cond_dim: int, num_neighbors: float
                  ) -> None:
         super().__init__()
-        targets = {ir for _, ir in irreps_out}
-        mid, instructions = [], []
-        for a, (mul, ir_in) in enumerate(irreps_in):
-            for b, (_, ir_sh) in enumerate(irreps_sh):
-                for ir in ir_in * ir_sh:
-                    if ir in targets:
-                        instructions.append((a, b, len(mid), "uvu", True))
-                        mid.append((mul, ir))
-        irreps_mid = o3.Irreps(mid)
-        self.tp = o3.TensorProduct(irreps_in, irreps_sh, irreps_mid, instructions,
-                                   shared_weights=False, internal_weights=False)
+        self.tp = EdgeTensorProduct(irreps_in, lmax)
         self.radial = nn.Sequential(nn.Linear(num_basis, radial_hidden), nn.SiLU(),
                                     nn.Linear(radial_hidden, self.tp.weight_numel))
         scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l == 0])
         gated = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l > 0])
         gates = o3.Irreps(f"{gated.num_irreps}x0e")
         self.gate = Gate(scalars, [nn.functional.silu], gates, [torch.sigmoid], gated)
-        self.message = o3.Linear(irreps_mid, self.gate.irreps_in)
+        self.message = o3.Linear(self.tp.irreps_out, self.gate.irreps_in)
         self.own = o3.Linear(irreps_in, self.gate.irreps_in)
         self.cond = o3.Linear(o3.Irreps(f"{cond_dim}x0e"), self.gate.irreps_in, biases=True)
         self.skip = None if irreps_in == irreps_out else o3.Linear(irreps_in, irreps_out)
         self.norm = 1.0 / math.sqrt(num_neighbors)
 
-    def forward(self, h: Tensor, i: Tensor, j: Tensor, sh: Tensor, radial: Tensor,
+    def forward(self, h: Tensor, i: Tensor, j: Tensor, couplings: list[Tensor], radial: Tensor,
                 envelope: Tensor, cond: Tensor) -> Tensor:
         weights = self.radial(radial) * envelope[:, None]
-        messages = self.tp(h[j], sh, weights)
-        agg = messages.new_zeros(h.shape[0], messages.shape[1]).index_add(0, i, messages)
+        agg = self.tp(h, i, j, couplings, weights)
         update = self.gate(self.own(h) + self.message(agg * self.norm) + self.cond(cond))
         return (h if self.skip is None else self.skip(h)) + update
 
@@ -247,8 +310,8 @@ class EquivariantCrystalNet(nn.Module):
         irreps_in = o3.Irreps(f"{hidden}x0e")
         blocks = []
         for _ in range(layers):
-            blocks.append(_Interaction(irreps_in, self.irreps_hidden, self.irreps_sh, num_basis,
-                                       hidden, hidden, num_neighbors))
+            blocks.append(_Interaction(irreps_in, self.irreps_hidden, lmax, num_basis, hidden,
+                                       hidden, num_neighbors))
             irreps_in = self.irreps_hidden
         self.layers = nn.ModuleList(blocks)
         self.coords_head = o3.Linear(self.irreps_hidden, o3.Irreps("1x1o"))
@@ -270,8 +333,8 @@ class EquivariantCrystalNet(nn.Module):
         sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=False,
                                     normalization="component")
         soft = (length2 + _SOFT_LENGTH ** 2).rsqrt()
-        parts = [sh[:, l * l:(l + 1) * (l + 1)] * soft[:, None] ** l
-                 for l in range(self.lmax + 1)]
+        parts = [y * soft[:, None] ** l for l, y in
+                 enumerate(sh.split([2 * l + 1 for l in range(self.lmax + 1)], dim=1))]
         width = self.cutoff / (self.num_basis - 1)
         radial = torch.exp(-((length[:, None] - self.centers.to(vec.dtype)) / width) ** 2)
         return torch.cat(parts, 1), radial, _envelope(length / self.cutoff)
@@ -288,11 +351,12 @@ class EquivariantCrystalNet(nn.Module):
         i, j, vec = periodic_edges(lattice, coords, segments, self.cutoff,
                                    max_images=self.max_images)
         sh, radial, envelope = self._edge_features(vec)
+        couplings = EdgeTensorProduct.couplings(sh, self.lmax)
         cond = self.condition(torch.cat([self.time(t.to(dtype)), standard], 1))
         cond = segments.broadcast(cond)
         h = self.embed(types) + cond
         for layer in self.layers:
-            h = layer(h, i, j, sh, radial, envelope, cond)
+            h = layer(h, i, j, couplings, radial, envelope, cond)
         scalars = h[:, :self.hidden]
         pooled = torch.cat([segments.mean(scalars),
                             segments.sum(scalars) / math.sqrt(self.hidden), standard], 1)
