@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "crystals (default: all 3,785)")
     ap.add_argument("--sample-steps", type=int, nargs="+", default=[50, 100],
                     help="sampler step counts tried on the held-out slice")
-    ap.add_argument("--anneal-slopes", type=float, nargs="+", default=[0.0, 2.0],
+    ap.add_argument("--anneal-slopes", type=float, nargs="+", default=[0.0, 2.0, 5.0],
                     help="coordinate anti-annealing slopes tried on the held-out slice")
     ap.add_argument("--time-powers", type=float, nargs="+", default=[1.0],
                     help="sampling grids t = 1 - (1 - u)^P tried on the held-out slice")
