@@ -14,6 +14,9 @@ import torch
 from torch import Tensor
 
 _ENABLED = True
+# Depth of library loops whose geometry points were checked at their entry (or come from the
+# library's own maps): geometry maps skip their point-membership checks inside them.
+_TRUSTED = 0
 
 
 def set_validation(enabled: bool) -> None:
@@ -36,6 +39,30 @@ def no_validation() -> Iterator[None]:
         yield
     finally:
         _ENABLED = previous
+
+
+def points_checked() -> bool:
+    """True where geometry maps check their point arguments: validation on, outside the
+    library's own loops (:func:`trusted_points`)."""
+    return _ENABLED and not _TRUSTED
+
+
+@contextlib.contextmanager
+def trusted_points() -> Iterator[None]:
+    """Skip the point-membership checks of geometry maps inside this block (nothing else).
+
+    For library loops whose points were validated once at their entry or are produced by the
+    library's own maps: a solver's steps, the maps a geodesic path composes. Result checks
+    (non-finite outputs, overflow) and ``validation_enabled()`` are unaffected. States inside
+    such loops may sit a rounding error off the manifold (``project_every_step=False``,
+    SO(3)'s unnormalised expmap), which a per-step check would reject.
+    """
+    global _TRUSTED
+    _TRUSTED += 1
+    try:
+        yield
+    finally:
+        _TRUSTED -= 1
 
 
 def check_finite(name: str, x: Tensor) -> None:

@@ -9,18 +9,57 @@ the tangent space.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
-from flowmatch._validation import check_finite, validation_enabled
+from flowmatch._validation import check_finite, points_checked, trusted_points, validation_enabled
 from flowmatch.geometry._numerics import posterior_weights, safe_sqrt
 
 
 def _as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
+_Map = TypeVar("_Map", bound=Callable)
+
+
+def _checked(*points: str, vectors: tuple[str, ...] = ()) -> Callable[[_Map], _Map]:
+    """Make a public map check its arguments once, at the library's edge.
+
+    ``points`` name the leading positional parameters that must be points of the geometry,
+    ``vectors`` the ones after them that must be (finite, well-shaped) ambient vectors. With
+    validation on and outside the library's own loops
+    (:func:`~flowmatch._validation.points_checked`) each argument is checked by
+    :meth:`Geometry.check_map_argument`, which raises a
+    ``ValueError`` naming the map, the argument and the rule; the map then runs inside
+    :func:`~flowmatch._validation.trusted_points`, so the maps it calls do not check again.
+    Otherwise the wrapper adds one function call and one flag test.
+    """
+    names = points + vectors
+
+    def decorate(fn: _Map) -> _Map:
+        op = fn.__name__
+
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            if not points_checked():
+                return fn(self, *args, **kwargs)
+            given = list(args[: len(names)]) + [kwargs.get(n) for n in names[len(args):]]
+            for name, value in zip(names, given, strict=True):
+                if value is not None:  # a missing argument is fn's TypeError to raise
+                    self.check_map_argument(value, f"{op} argument {name}",
+                                            point=name in points)
+            with trusted_points():
+                return fn(self, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 class Geometry:
@@ -39,6 +78,10 @@ class Geometry:
     point_rule: str = "on the manifold"
     """The constraint ``check_point`` names in its error (e.g. "‖x‖ = 1")."""
     """Tolerance of ``check_point`` in float32; ``check_point`` uses 1e3 × ε in other dtypes."""
+    maps_check_membership: bool = True
+    """Whether ``expmap``/``logmap``/``dist`` (and ``proju`` where it relies on x being a point)
+    reject point arguments off the manifold. False where every finite ambient value represents
+    a point the maps handle correctly (the flat torus, whose maps are periodic)."""
 
     # -- maps --------------------------------------------------------------------------
     def expmap(self, x: Tensor, u: Tensor) -> Tensor:
@@ -157,11 +200,23 @@ class Geometry:
                 f"got shape {tuple(x.shape)}"
             )
 
-    def check_point(self, x: Tensor, name: str = "x") -> None:
-        """Raise ``ValueError`` if ``x`` has a wrong shape, is not finite or is off the manifold."""
+    def map_tolerance(self, dtype: torch.dtype) -> float:
+        """Tolerance of the maps' point checks: ``tolerance(dtype)``, but never below ``atol``.
+
+        The maps reject points that are off the manifold by more than float32 rounding
+        explains; float32 data promoted to float64 (off by ~1e-7 in float64's terms) is
+        accepted, and the maps' results carry that data's own float32 accuracy.
+        """
+        return max(self.tolerance(dtype), self.atol)
+
+    def check_point(self, x: Tensor, name: str = "x", *, tol: float | None = None) -> None:
+        """Raise ``ValueError`` if ``x`` has a wrong shape, is not finite or is off the manifold.
+
+        ``tol`` defaults to ``tolerance(x.dtype)``.
+        """
         self.check_shape(name, x)
         check_finite(name, x)
-        tol = self.tolerance(x.dtype)
+        tol = self.tolerance(x.dtype) if tol is None else tol
         err = self.point_error(x)
         if err.numel() and float(err.max()) > tol:
             worst = int(err.flatten().argmax())
@@ -182,6 +237,32 @@ class Geometry:
                 f"{name} must be tangent to {self} at x: deviation ≤ {tol:g}, but the largest "
                 f"deviation is {float(dev.max()):.2e}"
             )
+
+    def check_map_argument(self, x: Tensor, name: str, *, point: bool = True) -> None:
+        """The check a map decorated with ``_checked`` applies to one argument.
+
+        A floating-point tensor with the geometry's trailing shape and finite entries; for a
+        point (when ``maps_check_membership``) also on the manifold within ``check_point``'s
+        dtype-derived ``map_tolerance``.
+        """
+        if not torch.is_tensor(x):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        if point and self.maps_check_membership:
+            # one reduction and one host sync on the common path: NaN and inf make the error
+            # NaN or inf, which fail `<= tol`, and check_point then says which rule broke
+            self.check_shape(name, x)
+            tol = self.map_tolerance(x.dtype)
+            try:
+                worst = float(self.point_error(x).max()) if x.numel() else 0.0
+            except RuntimeError:  # e.g. eigvalsh of a non-finite matrix
+                worst = math.nan
+            if not worst <= tol:
+                self.check_point(x, name, tol=tol)
+        else:
+            self.check_shape(name, x)
+            check_finite(name, x)
 
     def validate(self, x: Tensor, name: str = "x") -> None:
         """``check_point`` unless validation is switched off."""

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from flowmatch._validation import check_finite, validation_enabled
 from flowmatch.geometry._numerics import safe_norm, sinhc
-from flowmatch.geometry.base import Geometry, _as_shape
+from flowmatch.geometry.base import Geometry, _as_shape, _checked
 
 
 def minkowski(u: Tensor, v: Tensor, keepdim: bool = False) -> Tensor:
@@ -113,6 +113,7 @@ class Hyperbolic(Geometry):
         # ⟨u, u⟩_L ≥ 0 on tangent vectors; rounding can make it −0-ish, so clamp that at zero
         return safe_norm_minkowski(u)
 
+    @_checked("x", vectors=("u",))
     def proju(self, x: Tensor, u: Tensor) -> Tensor:
         # ⟨x, x⟩_L = −1 is used, not recomputed: far out it would be −x₀² + ‖x_s‖², a difference
         # of two numbers ~ e^{2r} whose rounding error exceeds 1 beyond r ≈ 18 (float64).
@@ -123,6 +124,7 @@ class Hyperbolic(Geometry):
         x0 = torch.sqrt(1 + spatial.pow(2).sum(-1, keepdim=True))
         return torch.cat([x0, spatial], dim=-1)
 
+    @_checked("x", vectors=("u",))
     def expmap(self, x: Tensor, u: Tensor) -> Tensor:
         n = safe_norm_minkowski(u, keepdim=True)
         y = self.projx(torch.cosh(n) * x + sinhc(n) * u)
@@ -163,6 +165,7 @@ class Hyperbolic(Geometry):
         c_safe = torch.where(large, c.clamp_min(1.0), torch.full_like(c, 2.0))
         return torch.where(large, torch.arccosh(c_safe), torch.asinh(n))
 
+    @_checked("x", "y")
     def logmap(self, x: Tensor, y: Tensor) -> Tensor:
         w_scaled, n, c = self._tangent_part(x, y)
         d = self._distance(n, c)
@@ -175,6 +178,7 @@ class Hyperbolic(Geometry):
                             d / (n_safe / s))
         return ratio * w_scaled
 
+    @_checked("x", "y")
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
         _, n, c = self._tangent_part(x, y)
         return self._distance(n, c).squeeze(-1)

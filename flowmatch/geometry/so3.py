@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from flowmatch.geometry._numerics import atan_ratio, safe_norm, sinc
-from flowmatch.geometry.base import Geometry, _as_shape
+from flowmatch.geometry.base import Geometry, _as_shape, _checked
 
 
 def hat(w: Tensor) -> Tensor:
@@ -74,6 +74,7 @@ class SO3(Geometry):
     dim = 3
 
     # -- maps --------------------------------------------------------------------------
+    @_checked("x", vectors=("u",))
     def proju(self, x: Tensor, u: Tensor) -> Tensor:
         return x @ _skew(x.transpose(-1, -2) @ u)
 
@@ -83,6 +84,7 @@ class SO3(Geometry):
     def norm(self, x: Tensor, u: Tensor) -> Tensor:
         return safe_norm(u, dim=(-1, -2)) / math.sqrt(2.0)
 
+    @_checked("x", vectors=("u",))
     def expmap(self, x: Tensor, u: Tensor) -> Tensor:
         omega = _skew(x.transpose(-1, -2) @ u)
         theta = safe_norm(vee(omega))[..., None, None]
@@ -95,6 +97,7 @@ class SO3(Geometry):
         c = 1 + 0.5 * d.diagonal(dim1=-2, dim2=-1).sum(-1)  # cos θ
         return d, v, c
 
+    @_checked("x", "y")
     def logmap(self, x: Tensor, y: Tensor) -> Tensor:
         d, v, c = self._angle_parts(x, y)
         n = safe_norm(v)
@@ -128,6 +131,7 @@ class SO3(Geometry):
         sign = torch.where(s != 0, torch.sign(s), torch.sign(lead))
         return sign[..., None] * a
 
+    @_checked("x", "y")
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
         _, v, c = self._angle_parts(x, y)
         return torch.atan2(safe_norm(v), c)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from flowmatch._validation import check_finite, validation_enabled
 from flowmatch.geometry._numerics import safe_norm
-from flowmatch.geometry.base import Geometry, _as_shape
+from flowmatch.geometry.base import Geometry, _as_shape, _checked
 from flowmatch.geometry.hyperbolic import log_sinhc
 
 
@@ -144,6 +144,7 @@ class SPD(Geometry):
     """
 
     atol = 1e-5
+    point_rule = "symmetric and positive definite"
 
     def __init__(self, n: int, base_scale: float = 1.0) -> None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -172,6 +173,7 @@ class SPD(Geometry):
     def norm(self, x: Tensor, u: Tensor) -> Tensor:
         return safe_norm(self._whiten(x, u), dim=(-1, -2))
 
+    @_checked("x", vectors=("u",))
     def expmap(self, x: Tensor, u: Tensor) -> Tensor:
         try:
             s = sym_funm(x, "sqrt")
@@ -181,6 +183,7 @@ class SPD(Geometry):
         self._check_result("expmap", y, x)
         return y
 
+    @_checked("x", "y")
     def logmap(self, x: Tensor, y: Tensor) -> Tensor:
         try:
             s = sym_funm(x, "sqrt")
@@ -190,6 +193,7 @@ class SPD(Geometry):
         self._check_result("logmap", v, x, y)
         return v
 
+    @_checked("x", "y")
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
         try:
             d = safe_norm(sym_funm(self._whiten(x, y - x), "log1p"), dim=(-1, -2))
@@ -254,10 +258,10 @@ class SPD(Geometry):
         not_pd = (lam_min <= 0).to(x.dtype) * (1 + lam_min.abs() / scale)
         return asym + not_pd
 
-    def check_point(self, x: Tensor, name: str = "x") -> None:
+    def check_point(self, x: Tensor, name: str = "x", *, tol: float | None = None) -> None:
         self.check_shape(name, x)
         check_finite(name, x)
-        tol = self.tolerance(x.dtype)
+        tol = self.tolerance(x.dtype) if tol is None else tol
         scale = x.abs().amax((-1, -2)).clamp_min(torch.finfo(x.dtype).tiny)
         asym = (x - x.transpose(-1, -2)).abs().amax((-1, -2)) / scale
         if asym.numel() and float(asym.max()) > tol:

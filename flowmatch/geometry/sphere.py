@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from flowmatch.geometry._numerics import atan_ratio, safe_norm, sinc
-from flowmatch.geometry.base import Geometry, _as_shape
+from flowmatch.geometry.base import Geometry, _as_shape, _checked
 
 # Longest last axis for which _dot sums by a matrix product (see there).
 _MATMUL_DOT_MAX = 16
@@ -72,6 +72,10 @@ class Sphere(Geometry):
 
     The base distribution is uniform w.r.t. the Riemannian volume: log p = −log vol(S^{n−1}),
     vol(S^{n−1}) = 2 π^{n/2} / Γ(n/2) (4π for S² in R³).
+
+    With validation on, ``expmap``, ``logmap`` and ``dist`` raise a ``ValueError`` for point
+    arguments off the sphere (| ‖x‖ − 1 | above ``tolerance(dtype)``); ``proju`` accepts any
+    nonzero x, since it projects orthogonally to x whatever its length.
     """
 
     point_rule = "‖x‖ = 1"
@@ -93,6 +97,7 @@ class Sphere(Geometry):
         return math.log(2.0) + 0.5 * n * math.log(math.pi) - math.lgamma(0.5 * n)
 
     # -- maps --------------------------------------------------------------------------
+    @_checked("x", vectors=("u",))
     def expmap(self, x: Tensor, u: Tensor) -> Tensor:
         """cos|u| x + sinc|u| u, renormalised so rounding never walks off the sphere."""
         n = safe_norm(u, keepdim=True)
@@ -104,6 +109,7 @@ class Sphere(Geometry):
         d = y - x
         return d - ((x * d).sum(-1, keepdim=True) / (x * x).sum(-1, keepdim=True)) * x
 
+    @_checked("x", "y")
     def logmap(self, x: Tensor, y: Tensor) -> Tensor:
         """θ w/|w| with θ = atan2(|w|, ⟨x, y⟩); a fixed direction of length π at the antipode."""
         w = self._orthogonal_part(x, y)
@@ -137,6 +143,7 @@ class Sphere(Geometry):
     def norm(self, x: Tensor, u: Tensor) -> Tensor:
         return safe_norm(u)
 
+    @_checked("x", "y")
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
         """Angle atan2(|w|, ⟨x, y⟩) ∈ [0, π]; exactly 0 at y = x with zero (finite) gradient."""
         w = self._orthogonal_part(x, y)

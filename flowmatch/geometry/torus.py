@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from flowmatch.geometry._numerics import safe_norm
-from flowmatch.geometry.base import Geometry, _as_shape
+from flowmatch.geometry.base import Geometry, _as_shape, _checked
 
 
 class FlatTorus(Geometry):
@@ -27,11 +27,15 @@ class FlatTorus(Geometry):
     * dist = ‖logmap(x, y)‖, with finite (zero) gradient at y = x.
 
     ``check_point`` requires every coordinate in [0, p] up to the tolerance (p itself is the same
-    point as 0 and is accepted); ``projx`` wraps arbitrary reals into [0, p).
+    point as 0 and is accepted); ``projx`` wraps arbitrary reals into [0, p). The maps are
+    periodic, so any finite real is a representative they handle correctly (angles in [−π, π)
+    need no wrapping first): with validation on they check shape and finiteness only
+    (``maps_check_membership = False``).
     The base distribution is uniform w.r.t. the Riemannian volume: log p = −d log p.
     """
 
     atol = 1e-5
+    maps_check_membership = False
 
     def __init__(self, d: int, period: float = 2 * math.pi) -> None:
         if not isinstance(d, int) or isinstance(d, bool) or d < 1:
@@ -55,9 +59,11 @@ class FlatTorus(Geometry):
         r = torch.remainder(z, p)
         return torch.where(r >= p, r - p, r)
 
+    @_checked("x", vectors=("u",))
     def expmap(self, x: Tensor, u: Tensor) -> Tensor:
         return self.wrap(x + u)
 
+    @_checked("x", "y")
     def logmap(self, x: Tensor, y: Tensor) -> Tensor:
         p = self.period
         delta = y - x
@@ -76,6 +82,7 @@ class FlatTorus(Geometry):
     def norm(self, x: Tensor, u: Tensor) -> Tensor:
         return safe_norm(u)
 
+    @_checked("x", "y")
     def dist(self, x: Tensor, y: Tensor) -> Tensor:
         return safe_norm(self.logmap(x, y))
 

@@ -33,7 +33,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from flowmatch._validation import check_same_shape, check_time, expand_time_like
+from flowmatch._validation import (
+    check_same_shape,
+    check_time,
+    expand_time_like,
+    trusted_points,
+)
 from flowmatch.geometry.base import Geometry
 from flowmatch.paths.base import PathSample, ProbPath
 from flowmatch.paths.schedulers import CondOTScheduler, ConvexScheduler
@@ -92,18 +97,19 @@ class GeodesicPath(ProbPath):
         tt = expand_time_like(t, x1)
         s = 1 - self.scheduler.kappa(tt)          # κ̄_t: 1 at noise, 0 at data
         ds_dt = -self.scheduler.d_kappa(tt)
-        v = g.logmap(x1, x0)
-        if self.velocity == "logmap":
-            x_t = g.expmap(x1, s * v)
-            # γ'(s) from whichever endpoint is farther from x_t (see module docstring)
-            near_noise = s >= 0.5
-            from_x1 = -g.logmap(x_t, x1) / torch.where(near_noise, s, torch.ones_like(s))
-            from_x0 = g.logmap(x_t, x0) / torch.where(near_noise, torch.ones_like(s), 1 - s)
-            dgamma = torch.where(near_noise, from_x1, from_x0)
-        else:
-            x_t, dgamma = torch.func.jvp(lambda s_: g.expmap(x1, s_ * v), (s,),
-                                         (torch.ones_like(s),))
-        dx_t = g.proju(x_t, ds_dt * dgamma)  # removes rounding-level normal components only
+        with trusted_points():  # x0 and x1 were checked above; x_t comes from expmap
+            v = g.logmap(x1, x0)
+            if self.velocity == "logmap":
+                x_t = g.expmap(x1, s * v)
+                # γ'(s) from whichever endpoint is farther from x_t (see module docstring)
+                near_noise = s >= 0.5
+                from_x1 = -g.logmap(x_t, x1) / torch.where(near_noise, s, torch.ones_like(s))
+                from_x0 = g.logmap(x_t, x0) / torch.where(near_noise, torch.ones_like(s), 1 - s)
+                dgamma = torch.where(near_noise, from_x1, from_x0)
+            else:
+                x_t, dgamma = torch.func.jvp(lambda s_: g.expmap(x1, s_ * v), (s,),
+                                             (torch.ones_like(s),))
+            dx_t = g.proju(x_t, ds_dt * dgamma)  # removes rounding-level normal components
         return PathSample(x0=x0, x1=x1, t=t, x_t=x_t, dx_t=dx_t)
 
     # -- conditional density and velocity given x1 (for marginal targets) ------------------

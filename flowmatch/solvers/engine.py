@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowmatch._validation import trusted_points
+
 __all__ = [
     "Tableau", "TABLEAUX", "Step", "Solution", "Motion", "Flat", "FlatBroadcast", "Projected",
     "ExpMap", "Geodesic", "Accumulate", "Jump", "Fixed", "TupleMotion", "Factors", "solve",
@@ -425,7 +427,15 @@ def solve(
     ``after(i, x)`` may replace the state around step i (re-noising, overwriting conditioning
     frames). Returns the final state, the evaluations made (one per stage) and the states after
     the steps flagged ``keep`` as ``trajectory``.
+
+    The loop runs under :func:`~flowmatch._validation.trusted_points`: the solvers check their
+    initial points once, and the geometry maps of the steps do not check them again.
     """
+    with trusted_points():
+        return _solve(f, x0, steps, motion, before, after)
+
+
+def _solve(f, x0, steps, motion, before, after) -> Solution:
     x = x0
     kept = []
     nfe = 0
@@ -475,5 +485,7 @@ def solve_adaptive(rhs: Callable[[Tensor, Any], Any], y0: Any, grid: Tensor, *, 
     from torchdiffeq import odeint
 
     counted = rhs if hasattr(rhs, "nfe") else CountingRHS(rhs)
-    states = odeint(counted, y0, grid, method=method, atol=atol, rtol=rtol, options=options)
+    with trusted_points():
+        states = odeint(counted, y0, grid, method=method, atol=atol, rtol=rtol,
+                        options=options)
     return Solution(states, counted.nfe, None, tuple(grid.tolist()))
