@@ -260,3 +260,15 @@ def test_edge_tensor_product_equals_e3nns_tensor_product(irreps):
     theirs = torch.zeros(n, tp.irreps_out.dim, dtype=torch.float64).index_add(
         0, i, ref(x[j], sh, w))
     assert float((mine - theirs).abs().max()) < 1e-12
+
+
+def test_cells_far_from_the_data_give_finite_bounded_outputs(net):
+    # mid-flow states can have angles at the edge of (60°, 120°) (even flat triples), tiny or
+    # huge cells: the outputs must stay finite, and the lattice velocity of moderate size
+    x = batch(13)
+    far = torch.tensor([[-1.0, 0.5, 3.0, 40.0, -40.0, 40.0], [0.3, 0.3, 0.3, 30.0, 30.0, 30.0],
+                        [4.0, 4.0, 4.0, 0.0, 0.0, 0.0], [-2.0, -2.0, -2.0, 5.0, -5.0, 0.0]],
+                       dtype=torch.float64)
+    out = net(x.like({**x, "lattice": far}), torch.rand(4, dtype=torch.float64))
+    assert all(bool(torch.isfinite(v).all()) for v in out.values())
+    assert float(out["lattice"].abs().max()) < 100

@@ -17,7 +17,9 @@ Atom features are e3nn irreps ``C×0e + C/2×1o + C/4×2e`` (``hidden`` = C, up 
 A layer sums tensor-product messages h_j ⊗ Y(d) (e3nn's "uvu" paths, one weight per path and
 channel from the radial features; :class:`EdgeTensorProduct`), mixes them with the atom's own
 features and the crystal's conditioning (time and standardised lattice parameters, scalars),
-applies a gated nonlinearity and adds the result to its input. Heads: a per-atom vector
+applies a gated nonlinearity, adds the result to its input and normalises each degree's block
+by its RMS (:class:`EquivariantRMSNorm`, which keeps features bounded on noisy cells far from
+the data, as LayerNorm does in the invariant net). Heads: a per-atom vector
 (1o) — a Cartesian velocity v — and, from pooled scalars, the 6 lattice-parameter velocities
 and optionally type logits.
 
@@ -208,8 +210,34 @@ class EdgeTensorProduct(nn.Module):
         return torch.cat(parts, 1)
 
 
+class EquivariantRMSNorm(nn.Module):
+    """Per atom and degree, the irrep block divided by a root-mean-square, times a learnt
+    per-channel gain: scalars h_u ← g_u h_u / √(mean_u h² + 10⁻⁶) (LayerNorm without
+    centring); l > 0 blocks h_{u,m} ← g_u h_{u,m} / √(mean_{u,m} h² + 1) — the identity for
+    small features (so a nearly symmetric environment keeps its small vectors small), a unit
+    scale for large ones. Mean squares are rotation-invariant, so the map is equivariant; like
+    the invariant net's LayerNorm it keeps features bounded whatever the input (noisy cells
+    far from the data)."""
+
+    def __init__(self, irreps: o3.Irreps) -> None:
+        super().__init__()
+        self.irreps = o3.Irreps(irreps)
+        self.gains = nn.ParameterList(nn.Parameter(torch.ones(mul)) for mul, _ in self.irreps)
+
+    def forward(self, h: Tensor) -> Tensor:
+        out = []
+        for piece, (mul, ir), gain in zip(h.split([m * i.dim for m, i in self.irreps], dim=1),
+                                          self.irreps, self.gains, strict=True):
+            block = piece.reshape(-1, mul, ir.dim)
+            floor = 1e-6 if ir.l == 0 else 1.0
+            rms = (block.square().mean(dim=(1, 2), keepdim=True) + floor).sqrt()
+            out.append((block / rms * gain[:, None]).flatten(1))
+        return torch.cat(out, 1)
+
+
 class _Interaction(nn.Module):
-    """h_i ← skip(h_i) + Gate(W_self h_i + W_msg Σ_j h_j ⊗_{w(|d_ij|)} Y(d_ij) / √k + W_c c_i)."""
+    """h_i ← Norm(skip(h_i) + Gate(W_self h_i + W_msg m_i / √k + W_c c_i)) with the messages
+    m_i = Σ_j h_j ⊗_{w(|d_ij|)} Y(d_ij) and the crystal's conditioning c_i."""
 
     def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, lmax: int,
                  num_basis: int, radial_hidden: int, cond_dim: int, num_neighbors: float
@@ -226,14 +254,15 @@ class _Interaction(nn.Module):
         self.own = o3.Linear(irreps_in, self.gate.irreps_in)
         self.cond = o3.Linear(o3.Irreps(f"{cond_dim}x0e"), self.gate.irreps_in, biases=True)
         self.skip = None if irreps_in == irreps_out else o3.Linear(irreps_in, irreps_out)
-        self.norm = 1.0 / math.sqrt(num_neighbors)
+        self.scale = 1.0 / math.sqrt(num_neighbors)
+        self.norm = EquivariantRMSNorm(irreps_out)
 
     def forward(self, h: Tensor, i: Tensor, j: Tensor, couplings: list[Tensor], radial: Tensor,
                 envelope: Tensor, cond: Tensor) -> Tensor:
         weights = self.radial(radial) * envelope[:, None]
         agg = self.tp(h, i, j, couplings, weights)
-        update = self.gate(self.own(h) + self.message(agg * self.norm) + self.cond(cond))
-        return (h if self.skip is None else self.skip(h)) + update
+        update = self.gate(self.own(h) + self.message(agg * self.scale) + self.cond(cond))
+        return self.norm((h if self.skip is None else self.skip(h)) + update)
 
 
 class EquivariantCrystalNet(nn.Module):
@@ -347,7 +376,9 @@ class EquivariantCrystalNet(nn.Module):
         velocities ``"vectors"`` [N, 3] (rotating with L), ``"lattice"`` [S, 6][, ``"types"``]."""
         dtype = self.lattice_loc.dtype
         lattice, coords = lattice.to(dtype), coords.to(dtype)
-        standard = (params.to(dtype) - self.lattice_loc) / self.lattice_scale
+        # asinh: the standardised parameters as they are near the data, logarithmic far out
+        # (a noisy angle 100 standard deviations away must not swamp the network)
+        standard = torch.asinh((params.to(dtype) - self.lattice_loc) / self.lattice_scale)
         i, j, vec = periodic_edges(lattice, coords, segments, self.cutoff,
                                    max_images=self.max_images)
         sh, radial, envelope = self._edge_features(vec)
@@ -376,6 +407,8 @@ class EquivariantCrystalNet(nn.Module):
         lattice = lattice_matrix(params)
         out = self.cartesian(lattice, x["coords"], x["types"], t, seg, params)
         unit = lattice / torch.linalg.det(lattice).abs().pow(1 / 3)[:, None, None]
-        to_frac = torch.linalg.inv(unit)  # v_f = v L̃⁻¹ (row vectors)
+        # v_f = v L̃⁻¹ (row vectors); a cell whose lengths overflowed gets non-finite outputs
+        # for its own atoms rather than an error for the batch
+        to_frac = torch.linalg.inv_ex(unit).inverse
         coords = torch.einsum("nc,nck->nk", out.pop("vectors"), seg.broadcast(to_frac))
         return {"coords": coords, **out}
