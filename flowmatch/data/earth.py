@@ -16,6 +16,7 @@ lower the test NLL without bound by concentrating mass on the training points.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -46,32 +47,62 @@ def earth_path(root: str | Path, name: str) -> Path:
     return Path(root) / f"{name}.csv"
 
 
-def load_earth_latlon(path: str | Path, *, dtype: torch.dtype = torch.float64) -> Tensor:
-    """The raw (latitude, longitude) table of a catalogue in degrees, shape [N, 2]."""
-    path = Path(path)
+def _read_text(path: Path, what: str) -> str:
+    """The whole of a UTF-8 text file (a leading byte-order mark dropped), or a one-line error.
+
+    ``FileNotFoundError`` when ``path`` is missing or not a regular file, ``ValueError`` naming
+    the byte offset when it is not UTF-8 (binary data, another encoding). The data files are
+    small (the largest, RNA, is 0.6 MB), so they are read at once.
+    """
     if not path.is_file():
-        raise FileNotFoundError(f"earth catalogue not found: {path}")
-    with path.open(newline="") as fh:
-        reader = csv.reader(fh)
+        why = "is a directory" if path.is_dir() else (
+            "is not a regular file" if path.exists() else "not found")
+        raise FileNotFoundError(f"{what} {why}: {path}")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: the {what} is not UTF-8 text ({err.reason} at byte "
+                         f"{err.start})") from None
+
+
+def load_earth_latlon(path: str | Path, *, dtype: torch.dtype = torch.float64) -> Tensor:
+    """The raw (latitude, longitude) table of a catalogue in degrees, shape [N, 2].
+
+    Malformed files raise ``ValueError`` naming the file and line (a missing one
+    ``FileNotFoundError``); extra columns after lat, lon are ignored.
+    """
+    path = Path(path)
+    reader = csv.reader(io.StringIO(_read_text(path, "earth catalogue"), newline=""))
+    rows = []
+    try:
         header = [h.strip().lower() for h in next(reader, [])]
         if header[:2] != ["lat", "lon"]:
-            raise ValueError(f"{path}: expected a 'lat,lon' header, got {header}")
-        rows = []
-        for lineno, row in enumerate(reader, start=2):
+            raise ValueError(f"{path}: expected a 'lat,lon' header, got {header[:8]}")
+        for row in reader:
+            lineno = reader.line_num
             if not row:
                 continue
             try:
                 lat, lon = float(row[0]), float(row[1])
             except (ValueError, IndexError) as err:
-                raise ValueError(f"{path}:{lineno}: cannot parse lat,lon from {row}") from err
+                raise ValueError(f"{path}:{lineno}: cannot parse lat,lon from "
+                                 f"{_clip(row)}") from err
             if not (math.isfinite(lat) and -90.0 <= lat <= 90.0):
                 raise ValueError(f"{path}:{lineno}: latitude must be in [-90, 90], got {lat}")
             if not (math.isfinite(lon) and -180.0 <= lon <= 360.0):
                 raise ValueError(f"{path}:{lineno}: longitude must be in [-180, 360], got {lon}")
             rows.append((lat, lon))
+    except csv.Error as err:  # e.g. a field beyond csv's size limit: not a catalogue
+        raise ValueError(f"{path}:{reader.line_num}: not a lat,lon CSV ({err})") from None
     if not rows:
         raise ValueError(f"{path}: no events")
     return torch.tensor(rows, dtype=dtype)
+
+
+def _clip(row: list[str], limit: int = 80) -> str:
+    """repr of a parsed row, shortened for an error message."""
+    text = repr(row)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_earth(path: str | Path, *, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from flowmatch.data.earth import _clip, _read_text
+
 RNA_ANGLES: tuple[str, ...] = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "chi")
 
 
@@ -29,28 +31,31 @@ def load_rna(
     With ``return_meta`` also returns the PDB ids and base letters of the rows.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"RNA torsion table not found: {path}")
+    text = _read_text(path, "RNA torsion table")
     angles, ids, bases = [], [], []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 2 + len(RNA_ANGLES):
-                raise ValueError(
-                    f"{path}:{lineno}: expected {2 + len(RNA_ANGLES)} tab-separated fields "
-                    f"(pdb id, base, 7 angles), got {len(parts)}"
-                )
-            try:
-                row = [float(v) for v in parts[2:]]
-            except ValueError as err:
-                raise ValueError(f"{path}:{lineno}: cannot parse angles {parts[2:]}") from err
-            if not all(math.isfinite(v) and -360.0 <= v <= 360.0 for v in row):
-                raise ValueError(f"{path}:{lineno}: angles must be finite degrees, got {row}")
-            angles.append(row)
-            ids.append(parts[0])
-            bases.append(parts[1])
+    # \n, \r\n and \r end lines (as the universal newlines of open() did); str.splitlines
+    # would also split inside a line at \x0b, \x1c and other separators
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 + len(RNA_ANGLES):
+            raise ValueError(
+                f"{path}:{lineno}: expected {2 + len(RNA_ANGLES)} tab-separated fields "
+                f"(pdb id, base, 7 angles), got {len(parts)}"
+            )
+        try:
+            row = [float(v) for v in parts[2:]]
+        except ValueError as err:
+            raise ValueError(f"{path}:{lineno}: cannot parse angles "
+                             f"{_clip(parts[2:])}") from err
+        if not all(math.isfinite(v) and -360.0 <= v <= 360.0 for v in row):
+            raise ValueError(f"{path}:{lineno}: angles must be finite degrees in "
+                             f"[-360, 360], got {row}")
+        angles.append(row)
+        ids.append(parts[0])
+        bases.append(parts[1])
     if not angles:
         raise ValueError(f"{path}: no rows")
     rad = torch.remainder(torch.deg2rad(torch.tensor(angles, dtype=torch.float64)), 2 * math.pi)
