@@ -74,6 +74,28 @@ def test_parallel_matching_agrees_with_serial():
     assert one.novel.tolist() == two.novel.tolist() == [False, True, False, True, True, True]
 
 
+def test_bucketing_and_lattice_screen_agree_with_the_plain_matcher():
+    # strained copies straddle the length tolerance (ltol 0.2): the screens must skip only
+    # pairs that StructureMatcher() itself rejects, in both argument orders
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    def strained(s: Structure, f: float) -> Structure:
+        s = s.copy()
+        s.apply_strain([0.0, 0.0, f - 1.0])
+        return s
+
+    samples = [strained(diamond(), f) for f in (1.0, 1.1, 1.18, 1.25, 1.4)] + \
+        [strained(srtio3(), f) for f in (1.0, 1.15, 1.3)] + [rocksalt_conventional()]
+    training = [strained(diamond(), 1.3), strained(srtio3(), 1.6)]
+    matcher = StructureMatcher()
+    groups = [g[0] for g in matcher.group_structures(samples)]
+    novel = [not any(matcher.fit(s, t) for t in training) for s in samples]
+    un = unique_novel(samples, training)
+    assert un.unique.tolist() == [any(s is r for r in groups) for s in samples]
+    assert un.novel.tolist() == novel
+    assert 0 < un.unique.sum() < len(samples) and 0 < sum(novel) < len(samples)
+
+
 def test_a_comparison_past_its_timeout_counts_as_no_match():
     un = unique_novel([srtio3(), srtio3()], [srtio3()], timeout=1e-6)
     # every reduction or comparison runs out: nothing matches, so all are unique and novel

@@ -33,10 +33,16 @@ and — after it reduces both to Niggli-reduced primitive cells — the same num
 each crystal is reduced once (pymatgen's own reduction, then ``fit(...,
 skip_structure_reduction=True)``, exactly as ``group_structures`` does) and compared only
 inside its (reduced formula, primitive site count) bucket: an exact filter, not a heuristic.
-Pairs whose Niggli cells' aspect ratios (longest / shortest vector) differ by more than 10×
-are not compared (lengths must agree within ltol = 20 %), nor are cells with an aspect ratio
-above 1e3 (diverged samples, on which the matcher's lattice search can exhaust memory; such a
-sample counts as unique and novel and is reported in ``degenerate``). Every comparison and
+Inside a bucket a second exact test skips pairs that cannot match: ``fit(s1, s2)`` (both
+scaled to one volume) looks for a basis of s1's lattice whose lengths lie within a factor
+1 + ltol of s2's Niggli lengths a2 ≤ b2 ≤ c2; the k-th shortest vector of any basis is at
+least the k-th successive minimum λ_k, and a Niggli cell's lengths are the successive minima,
+so a match needs λ_k(s1) < (1 + ltol)·λ_k(s2) in volume-normalised units for k = 1, 2, 3
+(tested with a 0.1 % margin). On 120 carbon-24 test crystals against its val.csv it skipped
+18,073 of 39,244 same-bucket pairs and none of their 2,925 matches. Cells with an aspect ratio
+(longest / shortest Niggli vector) above 1e3 are never compared (diverged samples, on which
+the matcher's lattice search can exhaust memory; such a sample counts as unique and novel and
+is reported in ``degenerate``). Every comparison and
 fingerprint has a ``timeout`` (seconds, SIGALRM, Unix main thread); one that runs out counts
 as "no match" / "no fingerprint" and is reported. ``jobs`` > 1 forks that many processes.
 """
@@ -342,20 +348,21 @@ def _reduce_task(i: int) -> Structure | None:
     return reduced if math.isfinite(aspect) and aspect <= MAX_ASPECT else None
 
 
-def _aspect(s: Structure) -> float:
-    abc = s.lattice.abc
-    return max(abc) / min(abc)
+def _minima(s: Structure) -> np.ndarray:
+    """Successive minima of a Niggli-reduced cell's lattice (its sorted lengths), in units of
+    the cube root of the volume per site (the matcher scales volumes)."""
+    return np.sort(np.asarray(s.lattice.abc)) / (s.volume / len(s)) ** (1 / 3)
 
 
 def _fits(a: Structure, b: Structure) -> tuple[bool, bool]:
     """(matched, timed out) for StructureMatcher().fit(a, b) on pre-reduced structures."""
-    ra, rb = _aspect(a), _aspect(b)
-    if ra > 10 * rb or rb > 10 * ra:
-        return False, False
+    matcher = _matcher()
+    if bool(np.any(_minima(a) >= (1 + matcher.ltol) * (1 + 1e-3) * _minima(b))):
+        return False, False  # no basis of a's lattice fits b's lengths (module docstring)
     try:
         with warnings.catch_warnings(), _time_limit(_STATE["timeout"]):
             warnings.simplefilter("ignore")
-            return bool(_matcher().fit(a, b, skip_structure_reduction=True)), False
+            return bool(matcher.fit(a, b, skip_structure_reduction=True)), False
     except _Timeout:
         return False, True
     except Exception:  # noqa: BLE001 - the matcher fails on degenerate cells: no match
