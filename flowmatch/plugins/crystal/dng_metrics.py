@@ -8,9 +8,10 @@ N generated crystals (10,000 in the papers) are scored against the test split (t
   :mod:`~flowmatch.plugins.crystal.metrics`. A sample is *valid* when it is both and its
   CrystalNN fingerprint can be computed (CDVAE's evaluation marks a crystal whose fingerprint
   fails invalid, and so does DiffCSP's).
-* **Uniqueness** and **novelty**, over the *valid* samples (as CDVAE-era evaluation code does;
-  the counts over all samples follow from the reported numbers): ``StructureMatcher()`` with
-  its defaults (ltol 0.2, stol 0.3, angle_tol 5°, primitive cells, volumes scaled). Samples are
+* **Uniqueness** and **novelty**, over the *valid* samples (chosen here: an invalid crystal
+  is not counted as a new material; times the validity, each is a rate over all samples):
+  ``StructureMatcher()`` with its defaults (ltol 0.2, stol 0.3, angle_tol 5°, primitive
+  cells, volumes scaled). Samples are
   grouped as pymatgen's ``group_structures`` groups them — in sample order, a sample joins the
   group of the first earlier representative that matches it (``fit(representative, sample)``),
   else it starts a group; uniqueness = groups / valid samples. Novelty = the fraction of valid
@@ -42,9 +43,9 @@ so a match needs λ_k(s1) < (1 + ltol)·λ_k(s2) in volume-normalised units for 
 18,073 of 39,244 same-bucket pairs and none of their 2,925 matches. Cells with an aspect ratio
 (longest / shortest Niggli vector) above 1e3 are never compared (diverged samples, on which
 the matcher's lattice search can exhaust memory; such a sample counts as unique and novel and
-is reported in ``degenerate``). Every comparison and
-fingerprint has a ``timeout`` (seconds, SIGALRM, Unix main thread); one that runs out counts
-as "no match" / "no fingerprint" and is reported. ``jobs`` > 1 forks that many processes.
+is reported in ``degenerate``). Every comparison and fingerprint has a ``timeout`` (seconds,
+SIGALRM, Unix main thread); one that runs out counts as "no match" / "no fingerprint" and is
+reported. ``jobs`` > 1 forks that many processes.
 """
 
 from __future__ import annotations
