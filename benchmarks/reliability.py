@@ -501,7 +501,7 @@ def run_input(target: str, data: bytes, reference: bytes | None, work: Path) -> 
     return "ok"
 
 
-def fuzz_worker(target: str, seed: int, start: int, deadline: float) -> None:
+def fuzz_worker(target: str, seed: int, start: int, deadline: float, root: str) -> None:
     """Run inputs start, start + 1, ... until the wall clock passes ``deadline``, reporting
     ``start i`` / ``done i outcome`` lines (and a JSON finding for a crash) on stdout."""
     import resource
@@ -511,7 +511,7 @@ def fuzz_worker(target: str, seed: int, start: int, deadline: float) -> None:
     with contextlib.suppress(ValueError, OSError):  # a runaway allocation is a crash, not OOM
         resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
     torch.set_num_threads(1)
-    work = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-"))
+    work = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-", dir=root))
     i = start
     while time.time() < deadline:
         data, reference = fuzz_input(target, seed, i)
@@ -530,7 +530,7 @@ def fuzz_worker(target: str, seed: int, start: int, deadline: float) -> None:
 
 
 WORKER = "import sys, reliability; reliability.fuzz_worker(sys.argv[1], int(sys.argv[2]), " \
-         "int(sys.argv[3]), float(sys.argv[4]))"
+         "int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])"
 
 
 class LineReader:
@@ -557,15 +557,20 @@ class LineReader:
         return line.decode(errors="replace") + "\n"
 
 
-def fuzz_target(target: str, seed: int, seconds: float, hang_s: float) -> dict:
-    """Run ``fuzz_worker`` for ``seconds``; restart it after a hang, which it records."""
+def fuzz_target(target: str, seed: int, seconds: float, hang_s: float,
+                work: Path | None = None) -> dict:
+    """Run ``fuzz_worker`` for ``seconds``; restart it after a hang, which it records.
+
+    The workers write their input files under ``work`` (default: the system's temporary
+    folder)."""
     counts = {"ok": 0, "error": 0, "crash": 0, "hang": 0}
     findings: list[dict] = []
     end = time.time() + seconds
     index, restarts = 0, 0
     while time.time() < end:
         proc = subprocess.Popen([sys.executable, "-c", WORKER, target, str(seed), str(index),
-                                 str(end)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 str(end), str(work or tempfile.gettempdir())],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 env=child_env())
         reader = LineReader(proc.stdout)
         current = None
@@ -756,7 +761,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     fuzz = []
     for target in TARGETS:
-        res = fuzz_target(target, args.seed, fuzz_s / len(TARGETS), args.hang_seconds)
+        with tempfile.TemporaryDirectory(prefix=f"fuzz-{target}-") as tmp:
+            res = fuzz_target(target, args.seed, fuzz_s / len(TARGETS), args.hang_seconds,
+                              Path(tmp))
         fuzz.append(res)
         print(f"  fuzz {target}: {res['inputs']} inputs, {res['ok']} loaded, {res['error']} "
               f"clean errors, {res['crash']} crashes, {res['hang']} hangs", flush=True)

@@ -17,10 +17,12 @@ below 100 Å so as not to run into them).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import io
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,6 +38,7 @@ FUZZ = settings(max_examples=100, deadline=2000, derandomize=True,
 FUZZ_SLOW = settings(FUZZ, max_examples=60, deadline=5000)
 
 _DIR = Path(tempfile.mkdtemp(prefix="flowmatch-fuzz-"))
+atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
 
 # tokens that have broken parsers: non-numbers, non-finite and out-of-range numbers, numbers
 # Python's float() accepts but a CSV author did not mean, separators and quotes inside a field,
