@@ -21,10 +21,10 @@ whole test split and k = 20 (best of 20 valid samples) on its first ``--k20-limi
 validity (structural + SMACT) of the samples; network calls per structure and sampling time per
 structure. Comparisons run on ``--jobs`` processes with a per-pair timeout. Beside it, in the
 same run and on the same test crystals: the random baseline (uniform coordinates in the lattice
-of a random training crystal with the same atom count) and the template baseline (a training crystal with the
-same stoichiometry pattern, species relabelled), and the published CDVAE / DiffCSP / FlowMM
-rows (standard tolerances, k = 1). The sampler (steps, anti-annealing slope) is chosen by the
-strict match rate on the held-out slice.
+of a random training crystal with the same atom count) and the template baseline (a training
+crystal with the same stoichiometry pattern, species relabelled), and the published CDVAE /
+DiffCSP / FlowMM rows (standard tolerances, k = 1). The sampler (steps, anti-annealing slope)
+is chosen by the strict match rate on the held-out slice.
 
 ``--quick`` trains 300 steps and scores 100 test crystals with 20 sampling steps: a smoke run,
 not a result.

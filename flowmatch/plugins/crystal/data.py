@@ -15,7 +15,6 @@ import hashlib
 import math
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,11 @@ import torch
 from torch import Tensor
 
 from flowmatch.geometry import ProductPoint, Segments
-from flowmatch.plugins.crystal.representation import RAGGED, structure_arrays
+from flowmatch.plugins.crystal.representation import (
+    RAGGED,
+    structure_arrays,
+    structure_from_cif,
+)
 
 __all__ = ["CrystalSet", "load_cdvae_csv"]
 
@@ -137,12 +140,18 @@ def load_cdvae_csv(path: str | os.PathLike[str], *, niggli: bool = True,
         except Exception:  # noqa: BLE001 - a corrupt cache is rebuilt, never trusted
             pass
 
-    from pymatgen.core import Structure
-
     csv.field_size_limit(sys.maxsize)
-    rows = list(csv.DictReader(raw.decode("utf-8").splitlines(keepends=True)))
+    try:
+        rows = list(csv.DictReader(raw.decode("utf-8").splitlines(keepends=True)))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{str(path)!r} is not a readable CSV file: {err}") from err
     if not rows:
         raise ValueError(f"{str(path)!r} holds no crystals")
+    for i, row in enumerate(rows):
+        # DictReader fills a short row with None and files an overlong one's extras under None
+        if None in row or any(v is None for v in row.values()):
+            raise ValueError(f"{str(path)!r} row {i}: {len([v for v in row.values() if v])} "
+                             f"fields, the header has {len([k for k in row if k is not None])}")
     if "cif" not in rows[0]:
         raise ValueError(f"{str(path)!r} has no 'cif' column (columns: {list(rows[0])}); "
                          "expected a CDVAE-format CSV")
@@ -154,14 +163,10 @@ def load_cdvae_csv(path: str | os.PathLike[str], *, niggli: bool = True,
     for i, row in enumerate(tqdm(rows, disable=not progress, desc=path.name, leave=False)):
         ident = row.get("material_id") or str(i)
         try:
-            with warnings.catch_warnings():
-                # pymatgen reports snapping coordinates like 0.33333 to 1/3: expected, not news
-                warnings.filterwarnings("ignore", message="Issues encountered while parsing CIF")
-                structure = Structure.from_str(row["cif"], fmt="cif")
-        except Exception as err:  # noqa: BLE001 - pymatgen raises many types on bad CIFs
-            raise ValueError(f"{str(path)!r} row {i} (material_id {ident!r}): malformed CIF: "
-                             f"{err}") from err
-        lat, frac, tok = structure_arrays(structure, niggli=niggli)
+            structure = structure_from_cif(row["cif"])
+            lat, frac, tok = structure_arrays(structure, niggli=niggli)
+        except ValueError as err:
+            raise ValueError(f"{str(path)!r} row {i} (material_id {ident!r}): {err}") from err
         lattices.append(lat)
         coords.append(frac)
         types.append(tok)

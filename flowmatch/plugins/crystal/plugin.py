@@ -370,22 +370,25 @@ def _draw_cells(structures, path: Path) -> bool:
 
 def _read_structures(source: str):
     """Structures of a CDVAE CSV, a CIF file or a folder of CIFs."""
-    from pymatgen.core import Structure
-
     from flowmatch.plugins.crystal.data import load_cdvae_csv
-    from flowmatch.plugins.crystal.representation import batch_to_structures
+    from flowmatch.plugins.crystal.representation import batch_to_structures, structure_from_cif
+
+    def read(f: Path):
+        try:
+            return structure_from_cif(f.read_text(errors="replace"))
+        except ValueError as err:
+            raise ValueError(f"{f}: {err}") from err
 
     path = Path(source)
     if path.is_dir():
-        files = sorted(path.glob("*.cif"))
-        return [(f.name, Structure.from_file(f)) for f in files]
+        return [(f.name, read(f)) for f in sorted(path.glob("*.cif"))]
     if path.suffix.lower() == ".csv":
         import torch
 
         data = load_cdvae_csv(path)
         structures = batch_to_structures(data.batch(torch.arange(len(data)), dtype=torch.float64))
         return list(zip(data.ids, structures, strict=True))
-    return [(path.name, Structure.from_file(path))]
+    return [(path.name, read(path))]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -20,8 +20,9 @@ pymatgen is imported only by the functions that build or read ``Structure`` obje
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -86,6 +87,47 @@ def lattice_from_params(y: Tensor) -> tuple[Tensor, Tensor]:
     return torch.exp(y[..., :3]), params_to_angles(y[..., 3:])
 
 
+MAX_CELL_LENGTH = 1000.0
+"""Longest lattice vector accepted, Å: far beyond any crystal of the benchmarks, and pymatgen's
+Niggli reduction can take hours on cells many orders of magnitude longer."""
+
+# a number this long in a CIF is no crystal: pymatgen's parsers can take minutes on one
+_LONG_NUMBER = re.compile(r"\d{40,}")
+
+
+def check_cell(lattice: Any) -> None:
+    """Raise a ValueError unless a pymatgen lattice has finite lengths in (0, MAX_CELL_LENGTH] Å
+    and a volume of at least 0.1 Å³."""
+    abc = [float(v) for v in lattice.abc]
+    if not all(math.isfinite(v) and 0 < v <= MAX_CELL_LENGTH for v in abc):
+        raise ValueError(f"lattice lengths must be finite and in (0, {MAX_CELL_LENGTH:g}] Å, got "
+                         f"{', '.join(f'{v:.4g}' for v in abc)}")
+    volume = float(lattice.volume)
+    if not (math.isfinite(volume) and volume >= 0.1):
+        raise ValueError(f"the cell volume must be at least 0.1 Å³, got {volume:.4g}")
+
+
+def structure_from_cif(text: str) -> Structure:
+    """Parse one CIF with pymatgen: a ValueError (never a hang, a warning flood or another
+    exception type) for text that is not one sane crystal."""
+    import warnings
+
+    from pymatgen.core import Structure
+
+    if _LONG_NUMBER.search(text):
+        raise ValueError("the CIF holds a number of 40 or more digits")
+    try:
+        with warnings.catch_warnings():
+            # pymatgen reports snapping coordinates like 0.33333 to 1/3 and other parse notes
+            warnings.simplefilter("ignore")
+            structure = Structure.from_str(text, fmt="cif")
+    except Exception as err:  # noqa: BLE001 - pymatgen raises many types on bad CIFs
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"malformed CIF: {first}") from err
+    check_cell(structure.lattice)
+    return structure
+
+
 def structure_arrays(structure: Structure, *, niggli: bool = True
                      ) -> tuple[Tensor, Tensor, Tensor]:
     """(lattice params [6], fractional coordinates [n, 3], tokens Z − 1 [n]) of a structure.
@@ -97,6 +139,7 @@ def structure_arrays(structure: Structure, *, niggli: bool = True
     if not structure.is_ordered:
         raise ValueError(f"structure {structure.composition.reduced_formula} has disordered "
                          "sites (partial occupancies); order it first")
+    check_cell(structure.lattice)
     if niggli:
         structure = structure.get_reduced_structure()
     lat = structure.lattice
