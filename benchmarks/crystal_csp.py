@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hidden", type=int, default=192)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--num-freqs", type=int, default=16)
+    ap.add_argument("--net", choices=("invariant", "equivariant"), default="invariant",
+                    help="velocity network: the invariant CSPNet-style one or the e3nn "
+                    "equivariant one (then --hidden/--layers are its widths, e.g. 64 and 3)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--holdout", type=float, default=0.1)
     ap.add_argument("--train-time-power", type=float, default=2.0,
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         torch.manual_seed(args.seed)  # the network's initial weights
         flow = CrystalFlow.for_data(train, hidden=args.hidden, layers=args.layers,
-                                    num_freqs=args.num_freqs)
+                                    num_freqs=args.num_freqs, net=args.net)
         result = flow.train(train, steps=args.steps, batch_size=args.batch, lr=args.lr,
                             seed=args.seed, progress=tty, time_power=args.train_time_power,
                             device=device, budget_s=args.train_budget)
@@ -274,7 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
               # a loaded model reports its own training settings, not the flags' defaults
               "steps": flow.info.get("steps", args.steps),
               "batch": flow.info.get("batch_size", args.batch), "hidden": flow.net.hidden,
-              "layers": len(flow.net.layers), "num_freqs": int(flow.net.freqs.shape[0]),
+              "net": getattr(flow.net, "kind", "invariant"), "layers": len(flow.net.layers),
+              "num_freqs": int(flow.net.freqs.shape[0]) if hasattr(flow.net, "freqs") else None,
               "lr": flow.info.get("lr", args.lr),
               "train_time_power": flow.info.get("train_time_power", args.train_time_power),
               "model": args.model, "sample_steps": best_steps, "anneal_slope": best_slope,

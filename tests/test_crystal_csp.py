@@ -219,3 +219,25 @@ def test_cli_de_novo_generation_and_its_errors(tmp_path, capsys, trained):
         assert main(["crystal", "generate", *argv, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_an_equivariant_crystal_flow_trains_saves_loads_and_samples(tmp_path):
+    pytest.importorskip("e3nn")
+    from flowmatch.plugins.crystal import EquivariantCrystalNet
+
+    data = perovskites(16)
+    torch.manual_seed(0)
+    flow = CrystalFlow.for_data(data, net="equivariant", hidden=8, layers=1)
+    assert isinstance(flow.net, EquivariantCrystalNet)
+    flow.train(data, steps=3, batch_size=4, progress=False)
+    flow.save(tmp_path / "equi.pt")
+    back = CrystalFlow.load(tmp_path / "equi.pt")
+    assert isinstance(back.net, EquivariantCrystalNet)
+    x = data.batch([0, 3])
+    t = torch.tensor([0.3, 0.8])
+    for k, v in flow.net(x, t).items():
+        assert torch.equal(v, back.net(x, t)[k]), k
+    out = back.sample(x, steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["coords"]).all() and torch.equal(out["types"], x["types"])
+    with pytest.raises(ValueError):
+        CrystalFlow.for_data(data, net="transformer")

@@ -2,7 +2,11 @@
 coordinates on a torus × atom types), CDVAE-format data sets, pymatgen structures in and out.
 
 Modules: ``representation`` (lattice parameters, Structure ↔ ragged batch), ``data`` (CDVAE
-CSV loader with a cache). Names load on first access, so discovering the plugin stays cheap.
+CSV loader with a cache), ``model`` (the invariant CrystalVelocityNet), ``equivariant`` (the
+e3nn EquivariantCrystalNet), ``csp`` (CrystalFlow: train, sample, save, load), ``metrics`` and
+``dng_metrics`` (the community's CSP and de novo protocols), ``baselines``, ``plugin`` (the
+``flowmatch crystal`` command). Names load on first access, so discovering the plugin stays
+cheap.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ _LAZY = {
     "batch_to_structures": "flowmatch.plugins.crystal.representation",
     "CrystalSet": "flowmatch.plugins.crystal.data",
     "load_cdvae_csv": "flowmatch.plugins.crystal.data",
+    "CrystalFlow": "flowmatch.plugins.crystal.csp",
+    "CrystalVelocityNet": "flowmatch.plugins.crystal.model",
+    "EquivariantCrystalNet": "flowmatch.plugins.crystal.equivariant",
 }
 
 __all__ = sorted(_LAZY)

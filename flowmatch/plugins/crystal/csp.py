@@ -158,6 +158,21 @@ class AllowedElements(torch.nn.Module):
         return out
 
 
+def _make_net(shape: dict[str, Any], lattice: Euclidean, de_novo: bool) -> torch.nn.Module:
+    """The velocity network of a checkpoint's ``config()["net"]`` (no "kind": invariant)."""
+    shape = dict(shape)
+    kind = shape.pop("kind", "invariant")
+    common = {"lattice_loc": lattice.base_loc, "lattice_scale": lattice.base_scale,
+              "num_states": NUM_ELEMENTS + de_novo, "predict_types": de_novo}
+    if kind == "invariant":
+        return CrystalVelocityNet(**{k: shape[k] for k in _NET_KEYS}, **common)
+    if kind == "equivariant":
+        from flowmatch.plugins.crystal.equivariant import EquivariantCrystalNet
+
+        return EquivariantCrystalNet(**shape, **common)
+    raise ValueError(f"unknown network kind {kind!r}; expected 'invariant' or 'equivariant'")
+
+
 class CrystalFlow:
     """A crystal model: geometry, path and velocity network (see the module docstring).
 
@@ -167,11 +182,13 @@ class CrystalFlow:
     ProductPath / ProductSolver; the network then needs the mask state and a type head.
     """
 
-    def __init__(self, net: CrystalVelocityNet, lattice: Euclidean, *, task: str = "csp",
+    def __init__(self, net: torch.nn.Module, lattice: Euclidean, *, task: str = "csp",
                  size_counts: dict[int, int] | None = None,
                  info: dict[str, Any] | None = None) -> None:
-        if not isinstance(net, CrystalVelocityNet):
-            raise TypeError(f"net must be a CrystalVelocityNet, got {type(net).__name__}")
+        # EquivariantCrystalNet is recognised by its kind: importing it loads e3nn (3.7 s)
+        if not (isinstance(net, CrystalVelocityNet) or getattr(net, "kind", None) == "equivariant"):
+            raise TypeError("net must be a CrystalVelocityNet or an EquivariantCrystalNet, got "
+                            f"{type(net).__name__}")
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if task == "de_novo" and not (net.predict_types and net.num_states == NUM_ELEMENTS + 1):
@@ -191,13 +208,16 @@ class CrystalFlow:
 
     @classmethod
     def for_data(cls, data: CrystalSet, *, task: str = "csp", hidden: int = 192,
-                 layers: int = 4, num_freqs: int = 16, time_dim: int = 64) -> CrystalFlow:
-        """A fresh model whose lattice base and input scaling are fitted to ``data``."""
+                 layers: int = 4, num_freqs: int = 16, time_dim: int = 64,
+                 net: str = "invariant", **net_kwargs: Any) -> CrystalFlow:
+        """A fresh model whose lattice base and input scaling are fitted to ``data``;
+        ``net="equivariant"`` builds an EquivariantCrystalNet (``num_freqs`` unused; its own
+        options, e.g. ``lmax``, ``cutoff``, in ``net_kwargs``)."""
         lattice = Euclidean.fitted(data.lattices)
         de_novo = task == "de_novo"
-        net = CrystalVelocityNet(hidden, layers, num_freqs=num_freqs, time_dim=time_dim,
-                                 lattice_loc=lattice.base_loc, lattice_scale=lattice.base_scale,
-                                 num_states=NUM_ELEMENTS + de_novo, predict_types=de_novo)
+        net = _make_net({"kind": net, "hidden": hidden, "layers": layers, "time_dim": time_dim,
+                         **({"num_freqs": num_freqs} if net == "invariant" else {}),
+                         **net_kwargs}, lattice, de_novo)
         sizes = Counter(int(n) for n in data.sizes.tolist())
         return cls(net, lattice, task=task, size_counts=dict(sizes))
 
@@ -343,9 +363,10 @@ class CrystalFlow:
     def config(self) -> dict[str, Any]:
         net = self.net
         lat = self.geometry["lattice"]
-        return {"net": {"hidden": net.hidden, "layers": len(net.layers),
-                        "num_freqs": int(net.freqs.shape[0]),
-                        "time_dim": net.time[0].dim},
+        shape = net.config() if getattr(net, "kind", None) == "equivariant" else \
+            {"hidden": net.hidden, "layers": len(net.layers),
+             "num_freqs": int(net.freqs.shape[0]), "time_dim": net.time[0].dim}
+        return {"net": shape,
                 "lattice_loc": lat.base_loc.tolist(), "lattice_scale": lat.base_scale.tolist(),
                 "size_counts": {str(k): v for k, v in self.size_counts.items()},
                 "task": self.task, "info": self.info}
@@ -372,9 +393,7 @@ class CrystalFlow:
                             base_loc=torch.tensor(cfg["lattice_loc"], dtype=torch.float64))
         task = cfg.get("task", "csp")
         de_novo = task == "de_novo"
-        net = CrystalVelocityNet(**{k: cfg["net"][k] for k in _NET_KEYS},
-                                 lattice_loc=lattice.base_loc, lattice_scale=lattice.base_scale,
-                                 num_states=NUM_ELEMENTS + de_novo, predict_types=de_novo)
+        net = _make_net(cfg["net"], lattice, de_novo)
         try:
             net.load_state_dict(state["state_dict"])
         except RuntimeError as err:

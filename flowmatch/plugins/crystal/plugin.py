@@ -126,6 +126,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     train.add_argument("--batch", type=_positive_int, default=256, help="crystals per step")
     train.add_argument("--hidden", type=_positive_int, default=192, help="network width")
     train.add_argument("--layers", type=_positive_int, default=4, help="message-passing layers")
+    train.add_argument("--net", choices=("invariant", "equivariant"), default="invariant",
+                       help="velocity network: invariant CSPNet-style (default) or e3nn "
+                       "equivariant (try --hidden 64 --layers 3 with it)")
     train.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate")
     train.add_argument("--seed", type=int, default=0, help="initialisation and data seed")
     train.add_argument("--time-power", type=_positive_float, default=2.0,
@@ -466,7 +469,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _fail("train", err)
     torch.manual_seed(args.seed)
     flow = CrystalFlow.for_data(data, task="de_novo" if args.de_novo else "csp",
-                                hidden=args.hidden, layers=args.layers)
+                                hidden=args.hidden, layers=args.layers, net=args.net)
     result = flow.train(data, steps=args.steps, batch_size=args.batch, lr=args.lr,
                         seed=args.seed, time_power=args.time_power, device=device,
                         budget_s=args.budget,
