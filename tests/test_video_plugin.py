@@ -43,8 +43,13 @@ def test_bouncing_command_writes_a_strip(tmp_path, capsys):
     assert args.func(args) == 0
     import matplotlib.image as mpimg
 
+    from flowmatch.plugins.video.plugin import read_strip_layout
+
     img = mpimg.imread(out)
-    assert img.shape[:2] == (2 * 16, 5 * 16)
+    layout = read_strip_layout(out)  # the labelled grid: 2 clips x 5 frames, enlarged
+    assert (layout.clips, layout.frames) == (2, 5)
+    assert layout.cell_h == layout.cell_w == 16 * layout.scale and layout.scale >= 1
+    assert img.shape[:2] == (layout.height, layout.width)
 
 
 def test_plugin_imports_without_diffusers():
