@@ -140,11 +140,14 @@ def load_cdvae_csv(path: str | os.PathLike[str], *, niggli: bool = True,
         except Exception:  # noqa: BLE001 - a corrupt cache is rebuilt, never trusted
             pass
 
-    csv.field_size_limit(sys.maxsize)
+    # CIF cells exceed csv's default field limit; the limit is process-wide, so put it back
+    previous_limit = csv.field_size_limit(sys.maxsize)
     try:
         rows = list(csv.DictReader(raw.decode("utf-8").splitlines(keepends=True)))
     except (UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"{str(path)!r} is not a readable CSV file: {err}") from err
+    finally:
+        csv.field_size_limit(previous_limit)
     if not rows:
         raise ValueError(f"{str(path)!r} holds no crystals")
     for i, row in enumerate(rows):
