@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from flowmatch.geometry import ProductPoint, Segments
 from flowmatch.models.embedding import SinusoidalTimeEmbedding
+from flowmatch.plugins.crystal.model import register_lattice_inputs
 from flowmatch.plugins.crystal.representation import NUM_ELEMENTS, lattice_from_params
 
 __all__ = ["EdgeTensorProduct", "EquivariantCrystalNet", "lattice_matrix", "periodic_edges"]
@@ -316,15 +317,7 @@ class EquivariantCrystalNet(nn.Module):
             if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0
                                                and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if num_states not in (NUM_ELEMENTS, NUM_ELEMENTS + 1):
-            raise ValueError(f"num_states must be {NUM_ELEMENTS} or {NUM_ELEMENTS + 1} (with a "
-                             f"mask token), got {num_states!r}")
-        loc = torch.zeros(6) if lattice_loc is None else torch.as_tensor(lattice_loc).float()
-        scale = torch.ones(6) if lattice_scale is None else torch.as_tensor(lattice_scale).float()
-        if loc.shape != (6,) or scale.shape != (6,) or not bool((scale > 0).all()):
-            raise ValueError("lattice_loc and lattice_scale must have 6 entries, scale > 0")
-        self.register_buffer("lattice_loc", loc)
-        self.register_buffer("lattice_scale", scale)
+        register_lattice_inputs(self, num_states, lattice_loc, lattice_scale)
         self.register_buffer("centers", torch.linspace(0, float(cutoff), num_basis),
                              persistent=False)
         self.hidden, self.lmax, self.cutoff = hidden, lmax, float(cutoff)

@@ -29,6 +29,22 @@ from flowmatch.plugins.crystal.representation import NUM_ELEMENTS
 __all__ = ["CrystalVelocityNet"]
 
 
+def register_lattice_inputs(module: nn.Module, num_states: int,
+                            lattice_loc: Sequence[float] | Tensor | None,
+                            lattice_scale: Sequence[float] | Tensor | None) -> None:
+    """Check a crystal network's type vocabulary and register the buffers ``lattice_loc`` /
+    ``lattice_scale`` that standardise the 6 lattice parameters (default 0 and 1)."""
+    if num_states not in (NUM_ELEMENTS, NUM_ELEMENTS + 1):
+        raise ValueError(f"num_states must be {NUM_ELEMENTS} or {NUM_ELEMENTS + 1} (with a "
+                         f"mask token), got {num_states!r}")
+    loc = torch.zeros(6) if lattice_loc is None else torch.as_tensor(lattice_loc).float()
+    scale = torch.ones(6) if lattice_scale is None else torch.as_tensor(lattice_scale).float()
+    if loc.shape != (6,) or scale.shape != (6,) or not bool((scale > 0).all()):
+        raise ValueError("lattice_loc and lattice_scale must have 6 entries, scale > 0")
+    module.register_buffer("lattice_loc", loc)
+    module.register_buffer("lattice_scale", scale)
+
+
 class _Layer(nn.Module):
     """One message-passing layer. The first linear map of the message, W [h_i, h_j, e], is
     applied as W_i h_i + W_j h_j + W_e e: the atom terms are computed once per atom instead
@@ -80,15 +96,7 @@ class CrystalVelocityNet(nn.Module):
                                 ("num_freqs", num_freqs, 1), ("time_dim", time_dim, 2)):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
                 raise ValueError(f"{name} must be an integer ≥ {lo}, got {value!r}")
-        if num_states not in (NUM_ELEMENTS, NUM_ELEMENTS + 1):
-            raise ValueError(f"num_states must be {NUM_ELEMENTS} or {NUM_ELEMENTS + 1} (with a "
-                             f"mask token), got {num_states!r}")
-        loc = torch.zeros(6) if lattice_loc is None else torch.as_tensor(lattice_loc).float()
-        scale = torch.ones(6) if lattice_scale is None else torch.as_tensor(lattice_scale).float()
-        if loc.shape != (6,) or scale.shape != (6,) or not bool((scale > 0).all()):
-            raise ValueError("lattice_loc and lattice_scale must have 6 entries, scale > 0")
-        self.register_buffer("lattice_loc", loc)
-        self.register_buffer("lattice_scale", scale)
+        register_lattice_inputs(self, num_states, lattice_loc, lattice_scale)
         self.register_buffer("freqs", 2 * math.pi * torch.arange(1, num_freqs + 1).float(),
                              persistent=False)
         self.hidden, self.num_states, self.predict_types = hidden, num_states, predict_types

@@ -147,19 +147,6 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     return crystal
 
 
-def _usable_device(name: str):
-    """``torch.device(name)`` if a tensor can be made there, else a ValueError naming it."""
-    import torch
-
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:
-        raise ValueError(f"--device {name!r} is not usable here: "
-                         f"{str(err).splitlines()[0]}") from err
-    return device
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -235,10 +222,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        device = _usable_device(args.device)
-    except ValueError as err:
-        return _fail("generate", err)
+    from flowmatch.cli import resolve_device
+
+    device = resolve_device("crystal generate", args.device)
+    if device is None:
+        return 2
     try:
         flow = CrystalFlow.load(model_path).to(device)
         if args.de_novo:
@@ -458,10 +446,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        device = _usable_device(args.device)
-    except ValueError as err:
-        return _fail("train", err)
+    from flowmatch.cli import resolve_device
+
+    device = resolve_device("crystal train", args.device)
+    if device is None:
+        return 2
     try:
         data = CrystalSet.concat([load_cdvae_csv(d, progress=not args.quiet)
                                   for d in args.data])
