@@ -323,7 +323,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 1
-    code = func(args)
+    try:
+        code = func(args)
+    except BrokenPipeError:
+        # the reader of our output went away (`flowmatch ... | head`): stop quietly, and point
+        # stdout at /dev/null so the interpreter's final flush does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return 0 if code is None else int(code)
 
 

@@ -35,7 +35,8 @@ def test_structural_validity_checks_distances_over_images_and_volume():
 
 
 @pytest.mark.parametrize("formula, valid", [("SrTiO3", True), ("NaCl", True), ("C", True),
-                                            ("CuZn", True), ("NaO3", False), ("KF2", False)])
+                                            ("CuZn", True), ("NaO3", False), ("KF2", False),
+                                            ("NeO2", False), ("ArF", False)])
 def test_compositional_validity_follows_smact(formula, valid):
     assert compositional_validity(formula) is valid
 

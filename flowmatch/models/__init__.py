@@ -14,14 +14,14 @@ from flowmatch.models.discrete import (
 )
 from flowmatch.models.embedding import SinusoidalTimeEmbedding
 from flowmatch.models.features import RandomFourierFeatures, TorusFourierFeatures
-from flowmatch.models.guidance import ClassifierFreeGuidance, drop_condition
+from flowmatch.models.guidance import ClassifierFreeGuidance, ProductGuidance, drop_condition
 from flowmatch.models.mlp import MLP
 from flowmatch.models.resnet import ResidualMLP, TimeResidualBlock
 from flowmatch.models.wrappers import PredictionConverter, TangentProjected
 
 __all__ = [
     "MLP", "ResidualMLP", "TimeResidualBlock", "AmbientField", "SinusoidalTimeEmbedding",
-    "ClassifierFreeGuidance", "drop_condition",
+    "ClassifierFreeGuidance", "ProductGuidance", "drop_condition",
     "PredictionConverter", "TangentProjected",
     "DiscreteMLP", "DiscreteTransformer", "DiscreteGuidance", "ExactPosterior",
     "RandomFourierFeatures", "TorusFourierFeatures",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -96,3 +98,61 @@ class ClassifierFreeGuidance(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:g}"
+
+
+class ProductGuidance(nn.Module):
+    """Classifier-free guidance of a product field: one scale w for every factor.
+
+    ``field(x, t, cond=c)`` returns a mapping factor → output. A continuous factor's velocity is
+    mixed as in :class:`ClassifierFreeGuidance`, u_w = u(·|∅) + w (u(·|c) − u(·|∅)); a factor
+    named in ``discrete`` returns posterior logits, mixed in log-probability space,
+
+        log p_w = log p(·|∅) + w (log p(·|c) − log p(·|∅))
+
+    (softmax renormalises; this is :class:`~flowmatch.models.DiscreteGuidance` with its scale
+    w − 1). w = 0 is the unconditional field, w = 1 the conditional one (one pass each), other w
+    cost two passes: x may be a ragged :class:`~flowmatch.geometry.ProductPoint`, which is not
+    doubled into one batch. ``null_cond`` is the condition meaning "none", broadcast to the
+    shape of ``cond`` (e.g. NaN for a network that reads NaN as a dropped label).
+    """
+
+    def __init__(self, field: Callable[..., Mapping[str, Tensor]], scale: float, *,
+                 null_cond: Tensor | float, discrete: Sequence[str] = ()) -> None:
+        super().__init__()
+        if not callable(field):
+            raise TypeError(f"field must be callable, got {type(field).__name__}")
+        scale = float(scale)
+        if not math.isfinite(scale):
+            raise ValueError(f"scale must be finite, got {scale!r}")
+        if isinstance(discrete, str):
+            raise TypeError("discrete must be a sequence of factor names, not a string")
+        self.field, self.scale = field, scale
+        self.null_cond = torch.as_tensor(null_cond)
+        self.discrete = tuple(discrete)
+
+    def forward(self, x: Any, t: Tensor, *, cond: Tensor) -> dict[str, Tensor]:
+        w = self.scale
+        null = self.null_cond.to(device=cond.device, dtype=cond.dtype).expand(cond.shape)
+        if w == 1.0:
+            return dict(self.field(x, t, cond=cond))
+        unconditional = dict(self.field(x, t, cond=null.contiguous()))
+        if w == 0.0:
+            return unconditional
+        conditional = dict(self.field(x, t, cond=cond))
+        if set(conditional) != set(unconditional):
+            raise ValueError("the field returned different factors with and without the "
+                             f"condition: {sorted(conditional)} vs {sorted(unconditional)}")
+        missing = [name for name in self.discrete if name not in conditional]
+        if missing:
+            raise ValueError(f"discrete factors {missing} are not among the field's outputs "
+                             f"{sorted(conditional)}")
+        out = {}
+        for name, u_c in conditional.items():
+            u_u = unconditional[name]
+            if name in self.discrete:
+                u_c, u_u = torch.log_softmax(u_c, dim=-1), torch.log_softmax(u_u, dim=-1)
+            out[name] = u_u + w * (u_c - u_u)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:g}, discrete={self.discrete}"

@@ -73,12 +73,20 @@ class CrystalSet:
                              "coords": self.coords[rows].to(dtype),
                              "types": self.types[rows].long()}, segments=seg, ragged=RAGGED)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> ProductPoint:
-        """``n`` crystals drawn uniformly with replacement (a ``fit`` data sampler)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, *,
+               properties: Sequence[str] = ()) -> ProductPoint | tuple[ProductPoint, Tensor]:
+        """``n`` crystals drawn uniformly with replacement (a ``fit`` data sampler); with
+        ``properties``, the pair (crystals, their values [n, P], float64, NaN where unknown)."""
         # the generator may live on an accelerator (fit draws everything from one generator)
         device = generator.device if generator is not None else None
         idx = torch.randint(len(self), (n,), generator=generator, device=device).cpu()
-        return self.batch(idx)
+        if not properties:
+            return self.batch(idx)
+        missing = [p for p in properties if p not in self.properties]
+        if missing:
+            raise ValueError(f"no property {missing} in this data (it has "
+                             f"{sorted(self.properties)})")
+        return self.batch(idx), torch.stack([self.properties[p][idx] for p in properties], 1)
 
     @staticmethod
     def concat(parts: Sequence[CrystalSet]) -> CrystalSet:

@@ -46,7 +46,11 @@ from torch import Tensor, nn
 
 from flowmatch.geometry import ProductPoint, Segments
 from flowmatch.models.embedding import SinusoidalTimeEmbedding
-from flowmatch.plugins.crystal.model import register_lattice_inputs
+from flowmatch.plugins.crystal.model import (
+    condition_context,
+    make_property_embedding,
+    register_lattice_inputs,
+)
 from flowmatch.plugins.crystal.representation import NUM_ELEMENTS, lattice_from_params
 
 __all__ = ["EdgeTensorProduct", "EquivariantCrystalNet", "lattice_matrix", "periodic_edges"]
@@ -296,6 +300,8 @@ class EquivariantCrystalNet(nn.Module):
         lattice_scale: standard deviation of that standardisation (default 1).
         num_states: input vocabulary of the type embedding (100 elements, 101 with a mask).
         predict_types: add the per-atom type head (de novo generation).
+        num_properties, property_loc, property_scale: conditioning on P scalar properties
+            per crystal, as in :class:`~flowmatch.plugins.crystal.model.CrystalVelocityNet`.
     """
 
     kind = "equivariant"
@@ -304,7 +310,10 @@ class EquivariantCrystalNet(nn.Module):
                  num_basis: int = 16, max_images: int = 3, num_neighbors: float = 16.0,
                  time_dim: int = 64, lattice_loc: Sequence[float] | Tensor | None = None,
                  lattice_scale: Sequence[float] | Tensor | None = None,
-                 num_states: int = NUM_ELEMENTS, predict_types: bool = False) -> None:
+                 num_states: int = NUM_ELEMENTS, predict_types: bool = False,
+                 num_properties: int = 0,
+                 property_loc: Sequence[float] | Tensor | None = None,
+                 property_scale: Sequence[float] | Tensor | None = None) -> None:
         super().__init__()
         for name, value, lo in (("hidden", hidden, 4), ("layers", layers, 1), ("lmax", lmax, 1),
                                 ("num_basis", num_basis, 2), ("max_images", max_images, 1),
@@ -344,6 +353,12 @@ class EquivariantCrystalNet(nn.Module):
         self.lattice_head = nn.Sequential(nn.Linear(2 * hidden + 6, hidden), nn.SiLU(),
                                           nn.Linear(hidden, 6))
         self.types_head = nn.Linear(hidden, NUM_ELEMENTS) if predict_types else None
+        self.properties = make_property_embedding(num_properties, hidden, property_loc,
+                                                  property_scale)
+
+    @property
+    def num_properties(self) -> int:
+        return 0 if self.properties is None else self.properties.num_properties
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this network's shape (with ``kind``); the lattice
@@ -351,7 +366,7 @@ class EquivariantCrystalNet(nn.Module):
         return {"kind": self.kind, "hidden": self.hidden, "layers": len(self.layers),
                 "lmax": self.lmax, "cutoff": self.cutoff, "num_basis": self.num_basis,
                 "max_images": self.max_images, "num_neighbors": self.num_neighbors,
-                "time_dim": self.time_dim}
+                "time_dim": self.time_dim, "num_properties": self.num_properties}
 
     def _edge_features(self, vec: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         length2 = vec.square().sum(1)
@@ -366,10 +381,12 @@ class EquivariantCrystalNet(nn.Module):
         return torch.cat(parts, 1), radial, _envelope(length / self.cutoff)
 
     def cartesian(self, lattice: Tensor, coords: Tensor, types: Tensor, t: Tensor,
-                  segments: Segments, params: Tensor) -> dict[str, Tensor]:
+                  segments: Segments, params: Tensor, cond: Tensor | None = None
+                  ) -> dict[str, Tensor]:
         """The network on explicit Cartesian cells: ``lattice`` L [S, 3, 3] (rows, Å, any
         orientation), fractional ``coords`` [N, 3], ``types`` [N], ``t`` [S] and the cells'
-        parameters ``params`` [S, 6] (invariants, for the conditioning). Returns the Cartesian
+        parameters ``params`` [S, 6] (invariants, for the conditioning) and optionally the
+        properties ``cond`` [S, P] of a conditional network. Returns the Cartesian
         velocities ``"vectors"`` [N, 3] (rotating with L), ``"lattice"`` [S, 6][, ``"types"``]."""
         dtype = self.lattice_loc.dtype
         lattice, coords = lattice.to(dtype), coords.to(dtype)
@@ -380,8 +397,8 @@ class EquivariantCrystalNet(nn.Module):
                                    max_images=self.max_images)
         sh, radial, envelope = self._edge_features(vec)
         couplings = EdgeTensorProduct.couplings(sh, self.lmax)
-        cond = self.condition(torch.cat([self.time(t.to(dtype)), standard], 1))
-        cond = segments.broadcast(cond)
+        context = self.time(t.to(dtype)) + condition_context(self, cond, segments.num_segments)
+        cond = segments.broadcast(self.condition(torch.cat([context, standard], 1)))
         h = self.embed(types) + cond
         for layer in self.layers:
             h = layer(h, i, j, couplings, radial, envelope, cond)
@@ -393,7 +410,8 @@ class EquivariantCrystalNet(nn.Module):
             out["types"] = self.types_head(scalars)
         return out
 
-    def forward(self, x: ProductPoint, t: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: ProductPoint, t: Tensor, cond: Tensor | None = None
+                ) -> dict[str, Tensor]:
         if not isinstance(x, ProductPoint) or x.segments is None:
             raise ValueError("x must be a ProductPoint with segments (a ragged crystal batch)")
         seg = x.segments
@@ -402,7 +420,7 @@ class EquivariantCrystalNet(nn.Module):
                              f"got {tuple(t.shape)}")
         params = x["lattice"].to(self.lattice_loc.dtype)
         lattice = lattice_matrix(params)
-        out = self.cartesian(lattice, x["coords"], x["types"], t, seg, params)
+        out = self.cartesian(lattice, x["coords"], x["types"], t, seg, params, cond)
         unit = lattice / torch.linalg.det(lattice).abs().pow(1 / 3)[:, None, None]
         # v_f = v L̃⁻¹ (row vectors); a cell whose lengths overflowed gets non-finite outputs
         # for its own atoms rather than an error for the batch

@@ -69,7 +69,9 @@ def compositional_validity(composition: Composition | str) -> bool:
         return True
     elements = [smact.Element(s) for s in symbols]
     electronegs = [e.pauling_eneg for e in elements]
-    ox_states = [e.oxidation_states for e in elements]
+    # an element without oxidation states (a noble gas: SMACT gives None, older releases [])
+    # admits no neutral assignment
+    ox_states = [e.oxidation_states or () for e in elements]
     if math.prod(len(o) for o in ox_states) > _MAX_COMBINATIONS:
         return False
     for ox in itertools.product(*ox_states):

@@ -26,7 +26,7 @@ from flowmatch.geometry import ProductPoint
 from flowmatch.models.embedding import SinusoidalTimeEmbedding
 from flowmatch.plugins.crystal.representation import NUM_ELEMENTS
 
-__all__ = ["CrystalVelocityNet"]
+__all__ = ["CrystalVelocityNet", "PropertyEmbedding"]
 
 
 def register_lattice_inputs(module: nn.Module, num_states: int,
@@ -43,6 +43,74 @@ def register_lattice_inputs(module: nn.Module, num_states: int,
         raise ValueError("lattice_loc and lattice_scale must have 6 entries, scale > 0")
     module.register_buffer("lattice_loc", loc)
     module.register_buffer("lattice_scale", scale)
+
+
+def make_property_embedding(num_properties: int, hidden: int,
+                            loc: Sequence[float] | Tensor | None,
+                            scale: Sequence[float] | Tensor | None) -> PropertyEmbedding | None:
+    """The property embedding of a crystal network, or None for an unconditional one (P = 0)."""
+    if isinstance(num_properties, bool) or not isinstance(num_properties, int) \
+            or num_properties < 0:
+        raise ValueError(f"num_properties must be an integer ≥ 0, got {num_properties!r}")
+    return PropertyEmbedding(num_properties, hidden, loc=loc, scale=scale) \
+        if num_properties else None
+
+
+def condition_context(net: nn.Module, cond: Tensor | None, num_crystals: int) -> Tensor | float:
+    """What a crystal network adds to its time embedding for ``cond`` (0 if unconditional)."""
+    if net.properties is None:
+        if cond is not None:
+            raise ValueError("this network is not conditional (num_properties = 0): pass no "
+                             "cond")
+        return 0.0
+    return net.properties(cond, num_crystals)
+
+
+class PropertyEmbedding(nn.Module):
+    """Embedding of crystal properties c [S, P] (raw units, e.g. eV/atom) for conditioning.
+
+    Each property is standardised with ``loc`` / ``scale`` (the training set's), then mapped by
+    a 2-layer MLP to [S, hidden]. A crystal whose row holds a NaN — an unknown or dropped label
+    — gets a learnt "no condition" vector instead, as does every crystal when ``cond`` is None:
+    NaN is the null condition of classifier-free guidance for these networks.
+    """
+
+    def __init__(self, num_properties: int, hidden: int, *,
+                 loc: Sequence[float] | Tensor | None = None,
+                 scale: Sequence[float] | Tensor | None = None) -> None:
+        super().__init__()
+        if isinstance(num_properties, bool) or not isinstance(num_properties, int) \
+                or num_properties < 1:
+            raise ValueError(f"num_properties must be a positive integer, got {num_properties!r}")
+        loc_ = torch.zeros(num_properties) if loc is None else torch.as_tensor(loc).float()
+        scale_ = torch.ones(num_properties) if scale is None else torch.as_tensor(scale).float()
+        if loc_.shape != (num_properties,) or scale_.shape != (num_properties,) \
+                or not bool((scale_ > 0).all()):
+            raise ValueError(f"loc and scale must have {num_properties} entries, scale > 0")
+        self.num_properties = num_properties
+        self.register_buffer("loc", loc_)
+        self.register_buffer("scale", scale_)
+        self.mlp = nn.Sequential(nn.Linear(num_properties, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden))
+        self.null = nn.Parameter(torch.zeros(hidden))
+        # zero output at first: a conditional network starts as its unconditional self (so
+        # conditioning can be added to a trained model without disturbing it)
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, cond: Tensor | None, num_crystals: int) -> Tensor:
+        if cond is None:
+            return self.null.expand(num_crystals, -1)
+        cond = torch.as_tensor(cond, device=self.loc.device)
+        if cond.dim() == 1 and self.num_properties == 1:
+            cond = cond[:, None]
+        if cond.shape != (num_crystals, self.num_properties):
+            raise ValueError(f"cond must hold {self.num_properties} properties per crystal, "
+                             f"shape [{num_crystals}, {self.num_properties}], "
+                             f"got {tuple(cond.shape)}")
+        missing = torch.isnan(cond).any(dim=1, keepdim=True)
+        standard = (torch.nan_to_num(cond).to(self.loc.dtype) - self.loc) / self.scale
+        return torch.where(missing, self.null, self.mlp(standard))
 
 
 class _Layer(nn.Module):
@@ -85,12 +153,17 @@ class CrystalVelocityNet(nn.Module):
         lattice_scale: standard deviation of that standardisation (default 1).
         num_states: input vocabulary of the type embedding (100 elements, 101 with a mask).
         predict_types: add the per-atom type head (de novo generation).
+        num_properties: P > 0 makes the field conditional on P scalar properties per crystal,
+            standardised by ``property_loc`` / ``property_scale`` (the training set's).
     """
 
     def __init__(self, hidden: int = 256, layers: int = 4, *, num_freqs: int = 32,
                  time_dim: int = 64, lattice_loc: Sequence[float] | Tensor | None = None,
                  lattice_scale: Sequence[float] | Tensor | None = None,
-                 num_states: int = NUM_ELEMENTS, predict_types: bool = False) -> None:
+                 num_states: int = NUM_ELEMENTS, predict_types: bool = False,
+                 num_properties: int = 0,
+                 property_loc: Sequence[float] | Tensor | None = None,
+                 property_scale: Sequence[float] | Tensor | None = None) -> None:
         super().__init__()
         for name, value, lo in (("hidden", hidden, 1), ("layers", layers, 1),
                                 ("num_freqs", num_freqs, 1), ("time_dim", time_dim, 2)):
@@ -109,8 +182,15 @@ class CrystalVelocityNet(nn.Module):
         self.lattice_head = nn.Sequential(nn.Linear(2 * hidden + 6, hidden), nn.SiLU(),
                                           nn.Linear(hidden, 6))
         self.types_head = nn.Linear(hidden, NUM_ELEMENTS) if predict_types else None
+        self.properties = make_property_embedding(num_properties, hidden, property_loc,
+                                                  property_scale)
 
-    def forward(self, x: ProductPoint, t: Tensor) -> dict[str, Tensor]:
+    @property
+    def num_properties(self) -> int:
+        return 0 if self.properties is None else self.properties.num_properties
+
+    def forward(self, x: ProductPoint, t: Tensor, cond: Tensor | None = None
+                ) -> dict[str, Tensor]:
         if not isinstance(x, ProductPoint) or x.segments is None:
             raise ValueError("x must be a ProductPoint with segments (a ragged crystal batch)")
         seg = x.segments
@@ -126,7 +206,8 @@ class CrystalVelocityNet(nn.Module):
         edge_feat = torch.cat([lattice[owner], angle.sin().flatten(1), angle.cos().flatten(1)],
                               dim=1)
         degree = seg.counts()[seg.index].to(dtype).clamp_min(1).unsqueeze(1)
-        h = self.embed(x["types"]) + seg.broadcast(self.time(t.to(dtype)))
+        context = self.time(t.to(dtype)) + condition_context(self, cond, seg.num_segments)
+        h = self.embed(x["types"]) + seg.broadcast(context)
         for layer in self.layers:
             h = layer(h, edge_feat, i, j, degree)
         pooled = torch.cat([seg.mean(h), seg.sum(h) / math.sqrt(self.hidden), lattice], dim=1)
