@@ -65,10 +65,12 @@ def default_model_path() -> Path:
 def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``crystal`` command (with its sub-commands) to a CLI's sub-parsers."""
     crystal = subparsers.add_parser(
-        "crystal", help="crystal structure prediction",
-        description="Crystal structure prediction by flow matching: generate structures for "
-        "a composition with the shipped perov-5 model (or your own), evaluate them against "
-        "reference structures, or train a model on CDVAE-format CSV files.")
+        "crystal", help="crystal structure prediction and de novo generation",
+        description="Crystals by flow matching: generate structures for a composition with "
+        "the shipped perov-5 model (or your own), or new crystals with a de novo model "
+        "(optionally guided towards a property value); evaluate them against reference "
+        "structures (CSP or de novo protocol); relax them with CHGNet as a stability proxy; "
+        "or train a model on CDVAE-format CSV files.")
     sub = crystal.add_subparsers(dest="crystal_command", required=True)
     raw = argparse.RawDescriptionHelpFormatter
 
