@@ -14,6 +14,7 @@ from pymatgen.core import Composition, Lattice, Structure  # noqa: E402
 from flowmatch.plugins.crystal.dng_metrics import (  # noqa: E402
     COV_CUTOFFS,
     batch_compositions,
+    cached_fingerprints,
     coverage,
     dng_metrics,
     fingerprints,
@@ -182,3 +183,33 @@ def test_batch_compositions_reads_the_type_tokens():
     comps = batch_compositions(batch)
     assert comps[0] == Composition("SrTiO3")
     assert comps[1].reduced_formula == "NaCl" and comps[1].num_atoms == 8
+
+
+def test_cached_fingerprints_reuse_the_cache_and_notice_a_changed_source(tmp_path, monkeypatch):
+    import flowmatch.plugins.crystal.dng_metrics as dm
+
+    structures = [srtio3(), rocksalt_primitive()]
+    source = tmp_path / "refs.csv"
+    source.write_text("first version")
+    cache = tmp_path / "cache"
+    first = cached_fingerprints(structures, source, cache_dir=cache)
+    np.testing.assert_array_equal(first[0], fingerprints(structures)[0])
+    calls = []
+    real = dm.fingerprints
+    monkeypatch.setattr(dm, "fingerprints", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = cached_fingerprints(structures, source, cache_dir=cache)
+    assert not calls, "a second call reads the cache"
+    np.testing.assert_array_equal(again[1], first[1])
+    source.write_text("second version")  # another file: recomputed
+    cached_fingerprints(structures, source, cache_dir=cache)
+    assert len(calls) == 1
+    for f in cache.glob("*.npz"):  # a damaged cache is recomputed, not trusted
+        f.write_bytes(b"not an npz")
+    cached_fingerprints(structures, source, cache_dir=cache)
+    assert len(calls) == 2
+    folder = tmp_path / "cifs"  # a folder of CIFs is keyed by its files
+    folder.mkdir()
+    (folder / "a.cif").write_text("x")
+    cached_fingerprints(structures[:1], folder, cache_dir=cache)
+    cached_fingerprints(structures[:1], folder, cache_dir=cache)
+    assert len(calls) == 3

@@ -50,8 +50,10 @@ reported. ``jobs`` > 1 forks that many processes.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -60,6 +62,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -257,6 +260,47 @@ def fingerprints(structures: Sequence[Structure | None], *, jobs: int = 1,
         if formula not in by_formula:
             by_formula[formula] = composition_fingerprint(structures[i].composition)
         comp[i] = by_formula[formula]
+    return struct, comp
+
+
+FINGERPRINT_CACHE = "flowmatch.crystal.dng-fingerprints/1"
+
+
+def cached_fingerprints(structures: Sequence[Structure | None], source: str | os.PathLike[str],
+                        *, jobs: int = 1, timeout: float | None = 60.0,
+                        cache_dir: str | os.PathLike[str] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fingerprints` of ``structures`` read from ``source`` (a file, or a folder of
+    ``*.cif``), cached on disk: a reference set of a few thousand crystals takes minutes to
+    fingerprint, and is scored against again and again. The key is the SHA-256 of the source's
+    bytes (every CIF's name and bytes for a folder), the number of structures and the timeout;
+    the cache (``cache_dir``, default ``~/.cache/flowmatch/crystal``) is written atomically and
+    a file that does not fit is recomputed, never trusted."""
+    source = Path(source)
+    digest = hashlib.sha256(f"{FINGERPRINT_CACHE}|{len(structures)}|{timeout}".encode())
+    files = sorted(source.glob("*.cif")) if source.is_dir() else [source]
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    root = Path(cache_dir) if cache_dir is not None else Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flowmatch" / "crystal"
+    path = root / f"{source.stem}-fp-{digest.hexdigest()[:24]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as cached:
+                struct, comp = cached["structure"], cached["composition"]
+            if struct.shape == (len(structures), STRUCTURE_FP_SIZE) and \
+                    comp.shape == (len(structures), COMPOSITION_FP_SIZE):
+                return struct, comp
+        except Exception:  # noqa: BLE001 - a damaged cache is recomputed
+            pass
+    struct, comp = fingerprints(structures, jobs=jobs, timeout=timeout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez(tmp, structure=struct, composition=comp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return struct, comp
 
 

@@ -708,7 +708,7 @@ def _cmd_evaluate_de_novo(args: argparse.Namespace) -> int:
         return _fail("evaluate", "no training structure in --training")
     import time
 
-    from flowmatch.plugins.crystal.dng_metrics import dng_metrics
+    from flowmatch.plugins.crystal.dng_metrics import cached_fingerprints, dng_metrics
 
     jobs, timeout = args.jobs or 1, args.timeout or 30.0
     if sys.stderr.isatty():  # fingerprints of a few thousand references take minutes
@@ -717,8 +717,11 @@ def _cmd_evaluate_de_novo(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
+        # the reference set's fingerprints are cached: the next evaluation against it is fast
+        reference_fp = cached_fingerprints(references, args.reference, jobs=jobs,
+                                           timeout=timeout)
         r = dng_metrics(samples, references, training, cutoffs=cutoffs, jobs=jobs,
-                        timeout=timeout)
+                        timeout=timeout, reference_fingerprints=reference_fp)
     except ValueError as err:
         return _fail("evaluate", err)
     seconds = time.perf_counter() - start
